@@ -1,0 +1,130 @@
+"""Decode stage for still images: any Pillow-readable file to 8-bit RGB plus its metadata.
+
+Every failure becomes a VqpError with one line of text; outputs are written atomically.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from .errors import VqpError
+
+MAX_PIXELS = int(os.environ.get("VQP_MAX_PIXELS", 128_000_000))
+JPEG_MAX_SIDE = 65_500
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass
+class Picture:
+    """An upright 8-bit RGB image and the metadata to carry into the output."""
+
+    rgb: np.ndarray          # (H, W, 3) uint8
+    exif: bytes | None = None
+    icc: bytes | None = None
+    source_mode: str = "RGB"
+
+
+def _to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
+    """Any Pillow mode to (H, W, 3) uint8; the flag says whether the ICC profile still applies."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        g = np.clip(np.round(a * 255.0 / hi), 0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, 2), False
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")), True
+    if mode == "CMYK":
+        return np.asarray(im.convert("RGB")), False  # a CMYK profile does not describe RGB pixels
+    if mode in ("1", "L"):
+        return np.asarray(im.convert("RGB")), False
+    return np.asarray(im.convert("RGB")), True
+
+
+def load_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int = MAX_PIXELS) -> Picture:
+    """Open, check and normalize an image; EXIF orientation is applied and reset to 1."""
+    name = "<bytes>" if isinstance(src, (bytes, bytearray)) else str(getattr(src, "filename", "") or src)
+    if isinstance(src, Image.Image):
+        im = src
+    else:
+        data = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
+        if not isinstance(src, (bytes, bytearray)):
+            p = Path(src)
+            if not p.is_file():
+                raise VqpError(f"{name}: no such file")
+            if p.stat().st_size == 0:
+                raise VqpError(f"{name}: empty file")
+        elif not src:
+            raise VqpError("empty input")
+        old = Image.MAX_IMAGE_PIXELS
+        try:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(data)
+                im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise VqpError(f"{name}: image too large (more than {max_pixels:,} pixels)") from None
+        except UnidentifiedImageError:
+            raise VqpError(f"{name}: not an image Pillow can read") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise VqpError(f"{name}: damaged image ({e})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    if im.width * im.height > max_pixels:
+        raise VqpError(f"{name}: image too large ({im.width}x{im.height} > {max_pixels:,} pixels)")
+    if max(im.size) > JPEG_MAX_SIDE:
+        raise VqpError(f"{name}: {im.width}x{im.height} exceeds JPEG's {JPEG_MAX_SIDE}-pixel side limit")
+    icc = im.info.get("icc_profile")
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception as e:  # a corrupt EXIF block must not stop the image itself
+        raise VqpError(f"{name}: unreadable EXIF data ({e})") from None
+    exif = im.getexif()
+    exif_bytes = exif.tobytes() if len(exif) else None
+    rgb, icc_ok = _to_rgb(im)
+    if icc and icc_ok:
+        try:
+            icc_ok = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip() == "RGB"
+        except Exception:
+            icc_ok = False
+    return Picture(np.ascontiguousarray(rgb), exif_bytes, icc if icc_ok else None, im.mode)
+
+
+def write_atomic(dest: str | os.PathLike, data: bytes) -> None:
+    """Write through a temp file in the destination folder, then rename: never a partial file."""
+    dest = Path(dest)
+    if dest.is_dir():
+        raise VqpError(f"{dest}: is a directory")
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise VqpError(f"{dest}: folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=folder)
+    except OSError as e:
+        raise VqpError(f"cannot write {dest}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, dest)
+    except OSError as e:
+        os.unlink(tmp) if os.path.exists(tmp) else None
+        raise VqpError(f"cannot write {dest}: {e.strerror}") from None
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False

@@ -1,0 +1,83 @@
+"""Find a detector model without the network.
+
+Order: an explicit path or name, then ``VQP_MODEL``, then the model folder (``VQP_MODEL_DIR``,
+else ``../shared/models`` beside the working directory or beside the vqp checkout), then
+Ultralytics' own download of ``yolo11n.pt``. ``opencv`` names the weight-free fallback.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import VqpError
+
+# Preferred files in a model folder, best first: trainable checkpoints, then int8 exports.
+PREFERRED = (
+    "yolo11n_coco_dq.pt",
+    "yolov8n_coco_dq.pt",
+    "yolo11n_int8_openvino_model",
+    "yolov8n_int8_openvino_model",
+    "yolo26n_int8.onnx",
+)
+DOWNLOAD_NAME = "yolo11n.pt"
+FALLBACK = "opencv"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Where the detector comes from and how it was found (for messages and logs)."""
+
+    source: str  # a path, a hub name to download, or "opencv"
+    how: str
+    download: bool = False
+
+
+def model_dirs() -> list[Path]:
+    """Folders searched for model files, in order."""
+    env = os.environ.get("VQP_MODEL_DIR")
+    if env:
+        return [Path(env)]
+    repo = Path(__file__).resolve().parent.parent
+    dirs = [Path.cwd() / "../shared/models", repo / "../shared/models", Path.cwd() / "models"]
+    seen, out = set(), []
+    for d in dirs:
+        r = d.resolve()
+        if r not in seen:
+            seen.add(r)
+            out.append(r)
+    return out
+
+
+def _usable(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("*.xml")) or path.is_file() and path.stat().st_size > 0
+
+
+def resolve_model(model: str | None = None, *, allow_download: bool | None = None) -> ModelChoice:
+    """Pick the model to load; raise VqpError naming every place tried when none fits."""
+    if allow_download is None:
+        allow_download = os.environ.get("YOLO_OFFLINE", "").lower() not in ("1", "true", "yes")
+    tried: list[str] = []
+    requested = model or os.environ.get("VQP_MODEL")
+    if requested and requested not in ("auto", ""):
+        if requested == FALLBACK:
+            return ModelChoice(FALLBACK, "requested")
+        p = Path(requested).expanduser()
+        if _usable(p):
+            return ModelChoice(str(p), "given path")
+        if p.parent == Path(".") and p.suffix == ".pt" and allow_download:
+            return ModelChoice(requested, "Ultralytics download", download=True)
+        for d in model_dirs():
+            if _usable(d / requested):
+                return ModelChoice(str(d / requested), f"found in {d}")
+        why = "" if allow_download else " (downloads are off: YOLO_OFFLINE is set)"
+        raise VqpError(f"model {requested!r} not found as a path or in {', '.join(map(str, model_dirs()))}{why}")
+    for d in model_dirs():
+        for name in PREFERRED:
+            if _usable(d / name):
+                return ModelChoice(str(d / name), f"model folder {d}")
+        tried.append(str(d))
+    if allow_download:
+        return ModelChoice(DOWNLOAD_NAME, "Ultralytics download", download=True)
+    tried.append(f"download of {DOWNLOAD_NAME} (off: YOLO_OFFLINE is set)")
+    return ModelChoice(FALLBACK, "no model file found; tried " + "; ".join(tried))

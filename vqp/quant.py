@@ -1,0 +1,168 @@
+"""Quantizer stage: blockwise 8x8 DCT re-quantization on the encoder's own grid and tables.
+
+Works on a batch of RGB frames as torch tensors (CPU or CUDA, no per-block Python loops):
+JFIF YCbCr, chroma averaged 2x2 for 4:2:0 exactly like the encoder, orthonormal 8x8 DCT (the
+JPEG FDCT), then each block's coefficients are rounded to multiples of the encoder's step times
+a per-block multiplier that grows from 1 (object) to ``strength`` (background). Background
+blocks can also drop their high frequencies. Blocks of importance 1 keep their original pixels,
+and a frame with no importance anywhere is returned bit-identical.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .types import RoiMap
+
+# JPEG Annex K base tables (natural order) and libjpeg's quality scaling.
+LUMA = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+        14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+        49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+CHROMA = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+          47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
+
+
+def annex_k_tables(quality: int) -> torch.Tensor:
+    """The (2, 8, 8) luma/chroma tables libjpeg (and Pillow) writes at ``quality``."""
+    q = min(max(int(quality), 1), 100)
+    s = 5000 // q if q < 50 else 200 - 2 * q
+    t = torch.tensor([LUMA, CHROMA], dtype=torch.float32)
+    return torch.clamp(torch.floor((t * s + 50) / 100), 1, 255).reshape(2, 8, 8)
+
+
+def _zigzag_rank() -> torch.Tensor:
+    """Position of each natural-order coefficient in the JPEG zigzag scan, as an 8x8 tensor."""
+    order = sorted(((u, v) for u in range(8) for v in range(8)),
+                   key=lambda p: (p[0] + p[1], p[1] if (p[0] + p[1]) % 2 else p[0]))
+    rank = torch.empty(8, 8)
+    for i, (u, v) in enumerate(order):
+        rank[u, v] = i
+    return rank
+
+
+def _dct_matrix() -> torch.Tensor:
+    k = torch.arange(8, dtype=torch.float64)[:, None]
+    n = torch.arange(8, dtype=torch.float64)[None, :]
+    d = torch.cos((2 * n + 1) * k * math.pi / 16) * math.sqrt(2 / 8)
+    d[0] /= math.sqrt(2)
+    return d.float()
+
+
+DCT = _dct_matrix()
+ZIGZAG = _zigzag_rank()
+
+# JFIF (full-range BT.601) colour conversion, as in libjpeg.
+RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+YCC2RGB = torch.linalg.inv(RGB2YCC.double()).float()
+OFFSET = torch.tensor([0.0, 128.0, 128.0])
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """How hard the background is quantized.
+
+    strength: step multiplier for importance-0 blocks (1 = the encoder's own step).
+    keep: zigzag coefficients kept in importance-0 blocks (64 = all; 1 = DC only).
+    dc_strength: cap on the DC step multiplier; a coarse DC shows as visible block steps.
+    """
+
+    strength: float = 4.0
+    keep: int = 64
+    dc_strength: float = 2.0
+
+
+def blockify(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H/8, W/8, 8, 8)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5)
+
+
+def unblockify(b: torch.Tensor) -> torch.Tensor:
+    n, c, hb, wb, _, _ = b.shape
+    return b.permute(0, 1, 2, 4, 3, 5).reshape(n, c, hb * 8, wb * 8)
+
+
+# 2-D DCT of a row-major 8x8 block as one 64x64 matrix: a single GEMM for the whole batch.
+DCT64 = torch.kron(DCT, DCT)
+
+
+def dct2(b: torch.Tensor) -> torch.Tensor:
+    return (b.reshape(-1, 64) @ DCT64.to(b.device).T).reshape(b.shape)
+
+
+def idct2(c: torch.Tensor) -> torch.Tensor:
+    return (c.reshape(-1, 64) @ DCT64.to(c.device)).reshape(c.shape)
+
+
+@dataclass
+class Prepared:
+    """A batch converted once to padded YCbCr planes and DCT coefficients, reused per candidate."""
+
+    rgb: torch.Tensor        # (N, 3, H, W) uint8, the input
+    ycc: torch.Tensor        # (N, 3, Hp, Wp) float, full-resolution YCbCr of the padded input
+    coef_y: torch.Tensor     # (N, 1, Hp/8, Wp/8, 8, 8)
+    coef_c: torch.Tensor     # (N, 2, Hc/8, Wc/8, 8, 8)
+    sub: int                 # chroma subsampling factor: 2 (4:2:0) or 1 (4:4:4)
+
+
+def prepare(rgb: torch.Tensor, subsampling: str = "4:2:0") -> Prepared:
+    """Convert (N, 3, H, W) uint8 RGB to padded YCbCr and its blockwise DCT."""
+    if rgb.dtype != torch.uint8 or rgb.dim() != 4 or rgb.shape[1] != 3:
+        raise ValueError("expected an (N, 3, H, W) uint8 RGB tensor")
+    sub = {"4:2:0": 2, "4:4:4": 1}[subsampling]
+    n, _, h, w = rgb.shape
+    mcu = 8 * sub
+    ph, pw = -h % mcu, -w % mcu
+    x = rgb.float()
+    if ph or pw:  # libjpeg pads by repeating the last row and column
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    ycc = torch.einsum("ij,njhw->nihw", RGB2YCC.to(x.device), x) + OFFSET.to(x.device)[None, :, None, None]
+    chroma = F.avg_pool2d(ycc[:, 1:], sub) if sub > 1 else ycc[:, 1:]
+    return Prepared(rgb, ycc, dct2(blockify(ycc[:, :1] - 128)), dct2(blockify(chroma - 128)), sub)
+
+
+def _requantize(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor, p: QuantParams) -> torch.Tensor:
+    """Round coefficients to per-block steps; imp is (N, Hb, Wb) on this plane's block grid."""
+    bg = (1 - imp)[:, None, :, :, None, None]  # (N, 1, Hb, Wb, 1, 1)
+    mult = 1 + (p.strength - 1) * bg
+    is_dc = torch.zeros(8, 8, device=coef.device)
+    is_dc[0, 0] = 1
+    mult = torch.where(is_dc.bool(), torch.clamp(mult, max=max(p.dc_strength, 1.0)), mult)
+    step = table.to(coef.device) * mult
+    q = torch.round(coef / step) * step
+    keep = 64 - (64 - p.keep) * bg  # zigzag positions kept, ramping with importance
+    return torch.where(ZIGZAG.to(coef.device) < keep, q, torch.zeros_like(q))
+
+
+def requantize(prep: Prepared, importance: torch.Tensor, tables: torch.Tensor,
+               params: QuantParams = QuantParams()) -> torch.Tensor:
+    """Quantize a prepared batch; importance is (N, ceil(H/8), ceil(W/8)) on the 8x8 luma grid."""
+    rgb, sub = prep.rgb, prep.sub
+    n, _, h, w = rgb.shape
+    hp, wp = prep.ycc.shape[-2:]
+    imp = importance.to(prep.ycc.device, torch.float32)
+    imp = F.pad(imp[:, None], (0, wp // 8 - imp.shape[-1], 0, hp // 8 - imp.shape[-2]), mode="replicate")[:, 0]
+    imp_c = F.max_pool2d(imp[:, None], sub)[:, 0] if sub > 1 else imp  # an MCU is as important as its best block
+    y = unblockify(idct2(_requantize(prep.coef_y, tables[0], imp, params))) + 128
+    c = unblockify(idct2(_requantize(prep.coef_c, tables[1], imp_c, params))) + 128
+    if sub > 1:
+        c = c.repeat_interleave(sub, 2).repeat_interleave(sub, 3)  # the encoder's 2x2 average gives c back
+    keep_y = (imp == 1).repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None]
+    keep_c = (imp_c == 1).repeat_interleave(8 * sub, 1).repeat_interleave(8 * sub, 2)[:, None]
+    ycc = torch.cat([torch.where(keep_y, prep.ycc[:, :1], y), torch.where(keep_c, prep.ycc[:, 1:], c)], 1)
+    out = torch.einsum("ij,njhw->nihw", YCC2RGB.to(ycc.device), ycc - OFFSET.to(ycc.device)[None, :, None, None])
+    out = torch.clamp(torch.round(out), 0, 255).to(torch.uint8)[:, :, :h, :w]
+    untouched = (keep_y & keep_c)[:, :, :h, :w]
+    out = torch.where(untouched, rgb, out)
+    active = imp.flatten(1).amax(1) > 0  # no detection: the frame passes through bit-identical
+    return torch.where(active[:, None, None, None], out, rgb)
+
+
+def quantize(rgb: torch.Tensor, roi: RoiMap | torch.Tensor, tables: torch.Tensor,
+             params: QuantParams = QuantParams(), subsampling: str = "4:2:0") -> torch.Tensor:
+    """One-shot: quantize (N, 3, H, W) uint8 RGB frames with an 8x8-grid importance map."""
+    imp = roi.importance if isinstance(roi, RoiMap) else roi
+    return requantize(prepare(rgb, subsampling), imp, tables, params)
