@@ -1,0 +1,1 @@
+"""vqp benchmarks: datasets, measurement scripts and their recorded results (RESULTS.md)."""
