@@ -182,13 +182,14 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
               target_size: int | None = None, encoder: str = "pillow", detector: Detector | None = None,
               model: str | None = None, classes: Sequence[str | int] | None = None, conf: float = 0.25,
               roi: RoiConfig = RoiConfig(), ladder: Sequence[QuantParams] = LADDER,
-              device: str | None = None) -> JpegResult:
+              device: str | None = None, detections: Detections | None = None) -> JpegResult:
     """Encode an image (path, bytes, PIL image or Picture) as JPEG with object-aware quantization.
 
     Exactly one of ``quality`` (fixed encoder quality, gentlest ladder step), ``match_quality``
     (no larger than plain JPEG at that quality) or ``target_size`` (bytes) may be given; the
     default is ``match_quality=75``. ``dest`` (a path or a binary file object) is optional;
-    paths are written atomically.
+    paths are written atomically. ``detections`` skips the detector (e.g. when a service has
+    already run it on a micro-batch of requests).
     """
     modes = [m for m in (quality, match_quality, target_size) if m is not None]
     if len(modes) > 1:
@@ -201,8 +202,10 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
         match_quality = DEFAULT_QUALITY
     enc = get_encoder(encoder)
     pic = image if isinstance(image, Picture) else load_image(image)
-    det = detector or load_detector(model, classes=classes, conf=conf, device=device)
-    dets = det([pic.rgb])[0]
+    if detections is None:
+        det = detector or load_detector(model, classes=classes, conf=conf, device=device)
+        detections = det([pic.rgb])[0]
+    dets = detections
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     imp = roi_map([dets], block=8, config=roi, device=dev).importance
     search = _Search(pic, imp, enc, dev)
