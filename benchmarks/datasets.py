@@ -10,6 +10,7 @@ from PIL import Image
 
 SHARED = Path(os.environ.get("VQP_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
 DATA = SHARED / "data"
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
 
 @dataclass
@@ -30,9 +31,15 @@ def kodak(limit: int | None = None) -> list[Sample]:
 def coco(limit: int | None = None, scale: int = 2, with_boxes_only: bool = True) -> list[Sample]:
     """coco128 downscaled by ``scale`` (box filter) so the source JPEG grid washes out."""
     root = DATA / "coco"
+    return yolo(root / "images" / "train2017", root / "labels" / "train2017", limit, scale, with_boxes_only)
+
+
+def yolo(images: Path, labels: Path, limit: int | None = None, scale: int = 1,
+         with_boxes_only: bool = True) -> list[Sample]:
+    """A labelled set in YOLO format (one ``cls xc yc w h`` txt per image), optionally downscaled."""
     out = []
-    for f in sorted((root / "images" / "train2017").glob("*.jpg")):
-        lab = root / "labels" / "train2017" / (f.stem + ".txt")
+    for f in sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_EXTS):
+        lab = Path(labels) / (f.stem + ".txt")
         rows = [l.split() for l in lab.read_text().splitlines() if l.strip()] if lab.exists() else []
         if with_boxes_only and not rows:
             continue
@@ -50,5 +57,36 @@ def coco(limit: int | None = None, scale: int = 2, with_boxes_only: bool = True)
     return out
 
 
+def folder(path: Path, limit: int | None = None, scale: int = 1) -> list[Sample]:
+    """Every image in a folder, without ground truth (objects then come from the detector)."""
+    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_EXTS)[:limit]
+    ims = [Image.open(f).convert("RGB") for f in files]
+    return [Sample(f.stem, np.asarray(im.reduce(scale) if scale > 1 else im)) for f, im in zip(files, ims)]
+
+
 def clips() -> list[Path]:
     return sorted((DATA / "video").glob("*.mp4")) + sorted((DATA / "video").glob("*.avi"))
+
+
+def excerpt(clip: Path, dst: Path, frames: int | None = None) -> Path:
+    """First ``frames`` frames of a clip as lossless FFV1 (same YUV 4:2:0 samples, same rate).
+
+    Every codec then starts from identical frames and the reference is exact: the source
+    clips are already compressed, so re-decoding them per codec would add nothing but time.
+    """
+    import av
+
+    tmp = dst.with_name("." + dst.name + ".part")
+    with av.open(str(clip)) as src, av.open(str(tmp), "w", format="matroska") as out:
+        vin = src.streams.video[0]
+        vout = out.add_stream("ffv1", rate=vin.average_rate or 25)
+        vout.width, vout.height, vout.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
+        for i, f in enumerate(src.decode(vin)):
+            if frames and i >= frames:
+                break
+            f = f.reformat(format="yuv420p")
+            f.pts = None
+            out.mux(vout.encode(f))
+        out.mux(vout.encode())
+    tmp.replace(dst)
+    return dst

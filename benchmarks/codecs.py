@@ -1,0 +1,108 @@
+"""Codecs under test, as declared in a benchmark config: each turns one reference and one grid value
+into encoded bytes (images) or an encoded file (clips), through vqp's own library calls."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vqp.errors import VqpError
+from vqp.imageio import Picture
+from vqp.jpeg import ENCODERS, get_encoder, save_jpeg
+from vqp.types import Detections
+
+VIDEO_ENCODERS = ("libx264", "libx265", "mjpeg")
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One curve: an encoder, with or without vqp in front, swept over ``grid``.
+
+    ``equal_bytes`` names a plain image codec: vqp then gets that codec's file size at the same grid
+    point as its byte budget (``save_jpeg(target_size=...)``), so both curves meet point by point.
+    ``anchors`` are the codecs this one's BD-rates are computed against.
+    """
+
+    name: str
+    encoder: str
+    grid: tuple
+    vqp: bool = False
+    equal_bytes: str | None = None
+    anchors: tuple = ()
+    options: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.encoder in ENCODERS else "video"
+
+    @property
+    def param(self) -> str:
+        """Name of the grid axis."""
+        if self.kind == "image":
+            return "bytes_of_" + self.equal_bytes if self.equal_bytes else "quality"
+        return "qscale" if self.encoder == "mjpeg" else "crf"
+
+    def key(self) -> str:
+        """Everything that changes this codec's output, for the cache of finished points."""
+        return repr((self.encoder, self.vqp, self.equal_bytes, sorted(self.options.items())))
+
+    @classmethod
+    def from_config(cls, d: dict, default_grid: dict) -> "Codec":
+        d = dict(d)
+        for k in ("name", "encoder"):
+            if k not in d:
+                raise VqpError(f"codec entry {d} has no {k!r}")
+        enc = d["encoder"]
+        if enc not in ENCODERS and enc not in VIDEO_ENCODERS:
+            raise VqpError(f"codec {d['name']}: unknown encoder {enc!r}; choose from "
+                           f"{', '.join([*ENCODERS, *VIDEO_ENCODERS])}")
+        kind = "image" if enc in ENCODERS else ("mjpeg" if enc == "mjpeg" else "video")
+        grid = d.pop("grid", None) or default_grid.get(kind)
+        if not grid:
+            raise VqpError(f"codec {d['name']}: no grid (give 'grid' or a default 'grid: {{{kind}: [...]}}')")
+        unknown = set(d) - {"name", "encoder", "vqp", "equal_bytes", "anchors", "options"}
+        if unknown:
+            raise VqpError(f"codec {d['name']}: unknown keys {', '.join(sorted(unknown))}")
+        return cls(d["name"], enc, tuple(grid), bool(d.get("vqp", False)), d.get("equal_bytes"),
+                   tuple(d.get("anchors", ())), dict(d.get("options", {})))
+
+
+def encode_image(codec: Codec, rgb: np.ndarray, value, dets: Detections, budget: int | None = None) -> tuple[bytes, int]:
+    """(JPEG bytes, encoder quality used). ``budget`` is the plain codec's size for equal-bytes vqp."""
+    if not codec.vqp:
+        return get_encoder(codec.encoder).encode(rgb, int(value)), int(value)
+    if codec.equal_bytes:
+        r = save_jpeg(Picture(rgb), target_size=budget, encoder=codec.encoder, detections=dets, **codec.options)
+    else:
+        r = save_jpeg(Picture(rgb), quality=int(value), encoder=codec.encoder, detections=dets, **codec.options)
+    return r.data, r.quality
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def read_frames(path: Path, every: int = 1) -> tuple[list[np.ndarray], float]:
+    """Every ``every``-th decoded frame as RGB, and the frame rate (PyAV)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 25)
+            frames = [f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(s)) if i % every == 0]
+    except av.FFmpegError as e:
+        raise VqpError(f"{path}: cannot decode ({e})") from None
+    return frames, fps
+
+
+def encode_clip(codec: Codec, value, src: Path, dst: Path) -> int:
+    """Encode a clip with vqp.video (``preprocess`` on for vqp codecs); returns the frame count."""
+    from vqp.video import VideoOptions, encode_video
+
+    stats = encode_video(src, dst, VideoOptions(codec=codec.encoder, crf=value, preprocess=codec.vqp,
+                                                codec_options=dict(codec.options)))
+    return stats.frames

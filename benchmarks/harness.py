@@ -1,0 +1,351 @@
+"""Benchmark runs: every (dataset item, codec, grid value) point is encoded, decoded and measured once.
+
+Finished points are appended to ``cache.jsonl`` in the run's folder, so an interrupted run resumes
+where it stopped; a point's key holds everything that changes its result (dataset settings, codec
+settings, grid value), so editing a config re-runs only what it changed. Aggregation, BD-rates,
+mAP and the report are recomputed from the points on every run.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from vqp.errors import VqpError
+from vqp.metrics import region_scores
+from vqp.types import Detections
+
+from . import datasets
+from .codecs import Codec, decode_image, encode_clip, encode_image, read_frames
+
+ROOT = Path(__file__).resolve().parent
+METRICS = ("psnr_full", "msssim_full", "psnr_obj", "msssim_obj", "psnr_bg", "msssim_bg")
+
+
+@dataclass
+class Config:
+    name: str
+    out: Path
+    datasets: list[dict]
+    codecs: list[Codec]
+    model: str | None = None
+    roi_conf: float = 0.25     # detector boxes that drive vqp and define the detector's object region
+    map_conf: float = 0.001    # detections kept for mAP (as in Ultralytics' val)
+    threads: int = 2
+    extra: dict = field(default_factory=dict)
+
+
+def load_config(path: str | Path, out: str | Path | None = None) -> Config:
+    """Read a YAML run declaration (see benchmarks/configs/quick.yaml) with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise VqpError(f"{path}: no such config file")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise VqpError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict) or not d.get("datasets") or not d.get("codecs"):
+        raise VqpError(f"{path}: needs 'datasets' and 'codecs' lists")
+    grid = d.get("grid", {})
+    codecs = [Codec.from_config(c, grid) for c in d["codecs"]]
+    names = {c.name for c in codecs}
+    if len(names) != len(codecs):
+        raise VqpError(f"{path}: codec names must be unique")
+    for c in codecs:
+        for ref in (*c.anchors, *([c.equal_bytes] if c.equal_bytes else [])):
+            if ref not in names:
+                raise VqpError(f"codec {c.name}: refers to unknown codec {ref!r}")
+    for ds in d["datasets"]:
+        if ds.get("kind") not in LOADERS:
+            raise VqpError(f"dataset {ds}: kind must be one of {', '.join(LOADERS)}")
+    name = d.get("name", path.stem)
+    return Config(name, Path(out or d.get("out") or ROOT / "out" / name), d["datasets"], codecs,
+                  d.get("model"), d.get("roi_conf", 0.25), d.get("map_conf", 0.001), d.get("threads", 2))
+
+
+LOADERS = {
+    "kodak": lambda s: datasets.kodak(s.get("limit")),
+    "coco": lambda s: datasets.coco(s.get("limit"), s.get("scale", 2)),
+    "yolo": lambda s: datasets.yolo(Path(s["images"]), Path(s["labels"]), s.get("limit"), s.get("scale", 1)),
+    "folder": lambda s: datasets.folder(Path(s["path"]), s.get("limit"), s.get("scale", 1)),
+    "clips": lambda s: [p for p in datasets.clips() if not s.get("only") or p.stem in s["only"]][:s.get("limit")],
+}
+
+
+def _digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+class Cache:
+    """Finished points, one JSON object per line, keyed by ``key``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.points: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
+                    r = json.loads(line)
+                    self.points[r["key"]] = r
+
+    def __contains__(self, key):
+        return key in self.points
+
+    def get(self, key):
+        return self.points.get(key)
+
+    def add(self, rec: dict) -> None:
+        self.points[rec["key"]] = rec
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def _codec_order(codecs: list[Codec]) -> list[Codec]:
+    """Plain codecs before the vqp codecs that take their byte budget from them."""
+    return sorted(codecs, key=lambda c: c.equal_bytes is not None)
+
+
+def _boxes(d: Detections, conf: float) -> Detections:
+    return Detections([b for b in d.boxes if b.conf >= conf], d.height, d.width)
+
+
+def _scores(ref: np.ndarray, out: np.ndarray, gt: list, det: Detections) -> dict:
+    """Full-frame, object and background scores; objects from ground truth (_gt) and the detector (_det)."""
+    res = {}
+    for tag, boxes in (("gt", gt), ("det", [(b.x1, b.y1, b.x2, b.y2) for b in det.boxes])):
+        if tag == "gt" and not gt:
+            continue
+        s = region_scores(ref, out, boxes)
+        res.update(psnr_full=s["psnr_full"], msssim_full=s["msssim_full"])
+        res.update({f"{k}_{tag}": s[k] for k in ("psnr_obj", "msssim_obj", "psnr_bg", "msssim_bg")})
+    return res
+
+
+def _dets(d: Detections) -> list:
+    return [[round(b.x1, 2), round(b.y1, 2), round(b.x2, 2), round(b.y2, 2), round(b.conf, 4), b.cls] for b in d.boxes]
+
+
+class Runner:
+    def __init__(self, cfg: Config, progress: bool = True):
+        from tqdm import tqdm
+
+        from vqp.detect import load_detector
+
+        self.cfg = cfg
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(max(1, min(2, cfg.threads)))
+        self.cache = Cache(cfg.out / "cache.jsonl")
+        self.detector = load_detector(cfg.model, conf=cfg.map_conf)
+        self.gt: dict[str, dict] = {}     # group -> item -> (boxes, classes, h, w)
+        self.records: list[dict] = []
+        self.tqdm = tqdm
+        self.progress = progress
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        loaded = [(spec, LOADERS[spec["kind"]](spec)) for spec in cfg.datasets]
+        total = 0
+        for spec, items in loaded:
+            kind = "video" if spec["kind"] == "clips" else "image"
+            total += len(items) * sum(len(c.grid) for c in cfg.codecs if c.kind == kind)
+            total += len(items) if kind == "image" else 0
+        with self.tqdm(total=total, unit="pt", disable=not self.progress, dynamic_ncols=True) as bar:
+            for spec, items in loaded:
+                if not items:
+                    raise VqpError(f"dataset {spec.get('name', spec['kind'])}: no inputs found")
+                if spec["kind"] == "clips":
+                    for clip in items:
+                        self._clip(spec, clip, bar)
+                else:
+                    for s in items:
+                        self._image(spec, s, bar)
+        return self.records
+
+    # -- images ---------------------------------------------------------------------------------
+    def _image(self, spec: dict, s: datasets.Sample, bar) -> None:
+        cfg, group = self.cfg, spec.get("name", spec["kind"])
+        dkey = _digest(spec)
+        h, w = s.rgb.shape[:2]
+        labelled = bool(s.boxes) or spec["kind"] in ("coco", "yolo")
+        if labelled:
+            self.gt.setdefault(group, {})[s.name] = (s.boxes, s.classes, h, w)
+        det_all = None
+
+        def detect(rgb):
+            return self.detector([rgb])[0]
+
+        key = f"{group}|{dkey}|{s.name}|original"
+        if key not in self.cache:
+            det_all = detect(s.rgb)
+            self.cache.add({"key": key, "group": group, "item": s.name, "codec": "original", "value": 0,
+                            "pixels": h * w, "dets": _dets(det_all)})
+        self.records.append(self.cache.get(key))
+        bar.update()
+        roi = None
+        for c in _codec_order([c for c in cfg.codecs if c.kind == "image"]):
+            for v in c.grid:
+                key = f"{group}|{dkey}|{s.name}|{c.name}|{c.key()}|{v}"
+                if key not in self.cache:
+                    if roi is None:
+                        det_all = det_all or detect(s.rgb)
+                        roi = _boxes(det_all, cfg.roi_conf)
+                    budget = None
+                    if c.equal_bytes:
+                        base = next(x for x in cfg.codecs if x.name == c.equal_bytes)
+                        budget = self.cache.get(f"{group}|{dkey}|{s.name}|{base.name}|{base.key()}|{v}")["bytes"]
+                    data, q = encode_image(c, s.rgb, v, roi, budget)
+                    out = decode_image(data)
+                    rec = {"key": key, "group": group, "item": s.name, "codec": c.name, "value": v, "quality": q,
+                           "bytes": len(data), "pixels": h * w, "bpp": len(data) * 8 / (h * w),
+                           **_scores(s.rgb, out, s.boxes, roi)}
+                    if labelled:
+                        rec["dets"] = _dets(detect(out))
+                    self.cache.add(rec)
+                self.records.append(self.cache.get(key))
+                bar.update()
+
+    # -- clips ----------------------------------------------------------------------------------
+    def _clip(self, spec: dict, clip: Path, bar) -> None:
+        cfg = self.cfg
+        group = f"{spec.get('name', 'clips')}/{clip.stem}"
+        dkey = _digest(spec)
+        every = int(spec.get("every", 5))
+        todo = [(c, v, f"{group}|{dkey}|{clip.stem}|{c.name}|{c.key()}|{v}")
+                for c in cfg.codecs if c.kind == "video" for v in c.grid]
+        missing = [t for t in todo if t[2] not in self.cache]
+        if missing:
+            work = cfg.out / "work"
+            work.mkdir(exist_ok=True)
+            src = datasets.excerpt(clip, work / f"{clip.stem}-{dkey}.mkv", spec.get("frames"))
+            ref, fps = read_frames(src, every)
+            rois = [_boxes(d, cfg.roi_conf) for d in self.detector(ref)]
+            for c, v, key in missing:
+                with tempfile.TemporaryDirectory(dir=work) as tmp:
+                    dst = Path(tmp) / ("out.avi" if c.encoder == "mjpeg" else "out.mp4")
+                    n = encode_clip(c, v, src, dst)
+                    size = dst.stat().st_size
+                    out, _ = read_frames(dst, every)
+                if len(out) != len(ref):
+                    raise VqpError(f"{c.name} on {clip.name}: {len(out)} sampled frames decoded, expected {len(ref)}")
+                h, w = ref[0].shape[:2]
+                per = [_scores(r, o, [], d) for r, o, d in zip(ref, out, rois)]
+                rec = {"key": key, "group": group, "item": clip.stem, "codec": c.name, "value": v,
+                       "bytes": size, "frames": n, "pixels": h * w, "bpp": size * 8 / (n * h * w),
+                       "kbps": size * 8 / (n / fps) / 1000,
+                       **{k: float(np.nanmean([p[k] for p in per])) for k in per[0]}}
+                self.cache.add(rec)
+                bar.update()
+        for _, _, key in todo:
+            self.records.append(self.cache.get(key))
+        bar.update(len(todo) - len(missing))
+
+
+# -- aggregation ------------------------------------------------------------------------------
+def _nanmean(xs) -> float | None:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(xs)) if xs else None
+
+
+def coco_map(gt: dict, dets: dict) -> tuple[float, float]:
+    """(mAP50, mAP50-95) of detections against ground truth with pycocotools' COCOeval.
+
+    ``gt``: item -> (boxes xyxy, classes, h, w); ``dets``: item -> [[x1, y1, x2, y2, conf, cls], ...].
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ids = {name: i + 1 for i, name in enumerate(sorted(gt))}
+    images, anns = [], []
+    for name, (boxes, classes, h, w) in gt.items():
+        images.append({"id": ids[name], "height": h, "width": w})
+        for (x1, y1, x2, y2), c in zip(boxes, classes):
+            anns.append({"id": len(anns) + 1, "image_id": ids[name], "category_id": int(c), "iscrowd": 0,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
+    res = [{"image_id": ids[name], "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
+           for name, ds in dets.items() if name in ids for x1, y1, x2, y2, s, c in ds]
+    if not res or not anns:
+        return 0.0, 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        g = COCO()
+        g.dataset = {"images": images, "annotations": anns, "categories": [{"id": i} for i in range(1000)]}
+        g.createIndex()
+        e = COCOeval(g, g.loadRes(res), "bbox")
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    return float(e.stats[1]), float(e.stats[0])
+
+
+def summarize(records: list[dict], gt: dict) -> list[dict]:
+    """One row per (group, codec, grid value): means over items, plus mAP on labelled groups."""
+    rows, groups = [], {}
+    for r in records:
+        groups.setdefault((r["group"], r["codec"], r["value"]), []).append(r)
+    for (group, codec, value), rs in groups.items():
+        row = {"group": group, "codec": codec, "value": value, "n": len(rs)}
+        for k in ("bytes", "bpp", "kbps", "quality"):
+            if k in rs[0]:
+                row[k] = _nanmean([r.get(k) for r in rs])
+        for m in METRICS:
+            for k in (m, f"{m}_gt", f"{m}_det"):
+                if any(k in r for r in rs):
+                    row[k] = _nanmean([r.get(k) for r in rs])
+        if group in gt and "dets" in rs[0]:
+            row["map50"], row["map"] = coco_map(gt[group], {r["item"]: r["dets"] for r in rs})
+        rows.append(row)
+    return rows
+
+
+def bd_rates(rows: list[dict], codecs: list[Codec]) -> list[dict]:
+    """BD-rate (%) of every metric of each codec against each of its anchors, per group (bjontegaard, pchip)."""
+    out = []
+    curves: dict = {}
+    for r in rows:
+        curves.setdefault((r["group"], r["codec"]), []).append(r)
+    metrics = sorted({k for r in rows for k in r if k.split("_")[0] in ("psnr", "msssim")} | {"map50", "map"})
+    for c in codecs:
+        for anchor in c.anchors:
+            for (group, name), test in curves.items():
+                base = curves.get((group, anchor))
+                if name != c.name or not base:
+                    continue
+                rate = "kbps" if "kbps" in test[0] else "bpp"
+                row = {"group": group, "codec": c.name, "anchor": anchor}
+                for m in metrics:
+                    t = sorted((p[rate], p[m]) for p in test if p.get(m) is not None)
+                    a = sorted((p[rate], p[m]) for p in base if p.get(m) is not None)
+                    row[m] = bd_rate_safe(a, t)
+                out.append(row)
+    return out
+
+
+def bd_rate_safe(anchor: list[tuple], test: list[tuple]) -> float | None:
+    """BD-rate in % for (rate, metric) points; None where the curves cannot be compared
+    (fewer than 4 points, a non-monotonic metric, or ranges that do not overlap)."""
+    import warnings
+
+    import bjontegaard as bd
+
+    if len(anchor) < 4 or len(test) < 4:
+        return None
+    for pts in (anchor, test):
+        m = [p[1] for p in pts]
+        if any(not math.isfinite(x) for x in m) or any(b <= a for a, b in zip(m, m[1:])):
+            return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            v = bd.bd_rate([p[0] for p in anchor], [p[1] for p in anchor], [p[0] for p in test],
+                           [p[1] for p in test], method="pchip", require_matching_points=False)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return float(v) if math.isfinite(v) else None

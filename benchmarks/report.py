@@ -1,0 +1,110 @@
+"""Run outputs: points and summary as JSON and CSV, BD-rate table, rate-distortion PNGs, Markdown."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from vqp.imageio import write_atomic
+
+PANELS = (("psnr_obj", "object PSNR-Y (dB)"), ("msssim_obj", "object MS-SSIM"), ("psnr_full", "full PSNR-Y (dB)"),
+          ("msssim_full", "full MS-SSIM"), ("psnr_bg", "background PSNR-Y (dB)"), ("map", "mAP50-95"))
+BD_COLUMNS = ("psnr_obj_gt", "msssim_obj_gt", "psnr_obj_det", "msssim_obj_det", "psnr_full", "msssim_full",
+              "psnr_bg_gt", "psnr_bg_det", "map50", "map")
+
+
+def _csv(rows: list[dict]) -> bytes:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _metric(row: dict, m: str) -> str | None:
+    """The column behind a panel: ground-truth region when the group has it, else the detector's."""
+    for k in (f"{m}_gt", f"{m}_det", m):
+        if row.get(k) is not None:
+            return k
+    return None
+
+
+def _fmt(v, nd=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def plot(rows: list[dict], group: str, dest: Path) -> None:
+    """One PNG per group: each panel is a metric against bits per pixel (or kbps for clips)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["group"] == group]
+    rate = "kbps" if any("kbps" in r for r in rows) else "bpp"
+    original = next((r for r in rows if r["codec"] == "original"), None)  # detector on the uncompressed input
+    rows = [r for r in rows if r.get(rate) is not None]
+    panels = [(m, label) for m, label in PANELS if any(_metric(r, m) for r in rows)]
+    fig, axes = plt.subplots(2, math.ceil(len(panels) / 2), figsize=(5 * math.ceil(len(panels) / 2), 8), squeeze=False)
+    codecs = list(dict.fromkeys(r["codec"] for r in rows))
+    for ax, (m, label) in zip(axes.flat, panels):
+        for c in codecs:
+            pts = sorted((r[rate], r[k]) for r in rows if r["codec"] == c and (k := _metric(r, m)) and r.get(k) is not None)
+            if pts:
+                ax.plot(*zip(*pts), "o-" if c.startswith("vqp") else "s--", label=c, ms=3)
+        if m == "map" and original and original.get("map") is not None:
+            ax.axhline(original["map"], color="grey", lw=0.8, ls=":", label="uncompressed")
+        k = next((_metric(r, m) for r in rows if _metric(r, m)), m)
+        ax.set_title(f"{label}" + (" [GT boxes]" if k.endswith("_gt") else " [detector boxes]" if k.endswith("_det") else ""))
+        ax.set_xlabel(rate)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(group)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    write_atomic(dest, buf.getvalue())
+
+
+def markdown(name: str, rows: list[dict], bd: list[dict], plots: dict[str, str]) -> str:
+    out = [f"# Benchmark run `{name}`", ""]
+    out += ["## BD-rate (%) against the anchor (negative: fewer bits for the same quality)", "",
+            "| group | codec | anchor | " + " | ".join(BD_COLUMNS) + " |", "|" + "---|" * (3 + len(BD_COLUMNS))]
+    for r in bd:
+        out.append(f"| {r['group']} | {r['codec']} | {r['anchor']} | " +
+                   " | ".join(_fmt(r.get(k), 1) for k in BD_COLUMNS) + " |")
+    for group in dict.fromkeys(r["group"] for r in rows):
+        g = [r for r in rows if r["group"] == group]
+        rate = "kbps" if any("kbps" in r for r in g) else "bpp"
+        cols = [k for k in ("psnr_full", "msssim_full", "psnr_obj_gt", "msssim_obj_gt", "psnr_obj_det",
+                            "msssim_obj_det", "psnr_bg_gt", "psnr_bg_det", "map50", "map") if any(k in r for r in g)]
+        out += ["", f"## {group}", "", f"![{group}]({plots[group]})", "",
+                f"| codec | value | n | bytes | {rate} | " + " | ".join(cols) + " |", "|" + "---|" * (5 + len(cols))]
+        for r in g:
+            out.append(f"| {r['codec']} | {r['value']} | {r['n']} | {_fmt(r.get('bytes'), 0)} | {_fmt(r.get(rate))} | " +
+                       " | ".join(_fmt(r.get(k), 4 if k.startswith(("msssim", "map")) else 2) for k in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def write(out: Path, name: str, records: list[dict], rows: list[dict], bd: list[dict]) -> dict[str, Path]:
+    """Write every output of a run into ``out``; returns what was written."""
+    files = {"points.json": json.dumps(records, indent=1).encode(), "points.csv": _csv(records),
+             "summary.json": json.dumps({"summary": rows, "bd_rate": bd}, indent=1).encode(),
+             "summary.csv": _csv(rows), "bdrate.csv": _csv(bd) if bd else b""}
+    plots = {}
+    for group in dict.fromkeys(r["group"] for r in rows):
+        fname = "rd_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in group) + ".png"
+        plot(rows, group, out / fname)
+        plots[group] = fname
+    files["summary.md"] = markdown(name, rows, bd, plots).encode()
+    for fname, data in files.items():
+        write_atomic(out / fname, data)
+    return {k: out / k for k in [*files, *plots.values()]}

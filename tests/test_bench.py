@@ -1,0 +1,98 @@
+"""Benchmark harness: outputs, resume from cache, BD-rate sign, mAP scoring and config errors."""
+import csv
+import json
+
+import pytest
+
+from benchmarks import harness
+from benchmarks.__main__ import main
+from vqp.errors import VqpError
+
+TINY = """
+name: tiny
+datasets:
+  - {name: coco, kind: coco, scale: 2, limit: 2}
+grid:
+  image: [20, 60]
+codecs:
+  - {name: plain, encoder: pillow}
+  - {name: vqp, encoder: pillow, vqp: true, equal_bytes: plain, anchors: [plain]}
+"""
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY)
+    return p
+
+
+def test_run_writes_every_output_and_resumes(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main([str(tiny), "--out", str(out), "--no-progress"]) == 0
+    for f in ("points.json", "points.csv", "summary.json", "summary.csv", "summary.md", "rd_coco.png", "cache.jsonl"):
+        assert (out / f).stat().st_size > 0, f
+    points = json.loads((out / "points.json").read_text())
+    enc = [p for p in points if p["codec"] != "original"]
+    assert len(enc) == 2 * 2 * 2 and len(points) == len(enc) + 2
+    by = {(p["item"], p["codec"], p["value"]): p for p in enc}
+    for (item, codec, v), p in by.items():
+        assert p["bpp"] == pytest.approx(p["bytes"] * 8 / p["pixels"])
+        assert {"psnr_obj_gt", "msssim_obj_gt", "psnr_obj_det", "psnr_bg_gt", "msssim_full"} <= set(p)
+        if codec == "vqp":  # equal bytes: never larger than the plain file at the same grid point
+            assert p["bytes"] <= by[(item, "plain", v)]["bytes"]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert {r["codec"] for r in rows} == {"original", "plain", "vqp"}
+    assert all(0 <= float(r["map"]) <= 1 for r in rows)
+    assert (out / "rd_coco.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| vqp | 20 |" in (out / "summary.md").read_text()
+
+    # a second run takes every point from the cache: nothing is encoded or detected again
+    lines = (out / "cache.jsonl").read_text()
+    monkeypatch.setattr(harness, "encode_image", lambda *a, **k: pytest.fail("re-encoded a cached point"))
+    with (out / "cache.jsonl").open("a") as f:
+        f.write('{"key": "cut short by a kil')  # an interrupted write must not break the resume
+    assert main([str(tiny), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "cache.jsonl").read_text().startswith(lines)
+    assert json.loads((out / "points.json").read_text()) == points
+
+
+def test_bd_rate_sign():
+    anchor = [(r, 30 + 4 * i) for i, r in enumerate((0.5, 1.0, 1.5, 2.0))]
+    cheaper = [(r * 0.8, q) for r, q in anchor]  # same quality for 20% fewer bits
+    assert harness.bd_rate_safe(anchor, cheaper) == pytest.approx(-20, abs=0.5)
+    assert harness.bd_rate_safe(cheaper, anchor) == pytest.approx(25, abs=0.5)
+    assert harness.bd_rate_safe(anchor[:3], cheaper[:3]) is None  # too few points
+    assert harness.bd_rate_safe(anchor, [(1, 30), (2, 29), (3, 31), (4, 32)]) is None  # not monotonic
+
+
+def test_coco_map_perfect_and_empty():
+    gt = {"a": ([(10, 10, 50, 60), (60, 20, 90, 90)], [0, 2], 100, 100)}
+    perfect = {"a": [[10, 10, 50, 60, 0.9, 0], [60, 20, 90, 90, 0.8, 2]]}
+    assert harness.coco_map(gt, perfect) == pytest.approx((1.0, 1.0))
+    wrong_class = {"a": [[10, 10, 50, 60, 0.9, 1]]}
+    assert harness.coco_map(gt, wrong_class) == (0.0, 0.0)
+    assert harness.coco_map(gt, {}) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("datasets: []\ncodecs: []", "needs 'datasets' and 'codecs'"),
+    ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: webp, grid: [1]}]", "unknown encoder 'webp'"),
+    ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1], anchors: [b]}]", "unknown codec 'b'"),
+    ("datasets: [{kind: mnist}]\ncodecs: [{name: a, encoder: pillow, grid: [1]}]", "kind must be one of"),
+    ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow}]", "no grid"),
+    ("datasets: [\n", "not valid YAML"),
+])
+def test_bad_config(tmp_path, capsys, text, msg):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(VqpError, match=msg):
+        harness.load_config(p)
+    assert main([str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("benchmarks: error:") and "Traceback" not in err
+
+
+def test_missing_config(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
