@@ -25,12 +25,13 @@ from .errors import VqpError
 from .imageio import Picture, load_image, write_atomic
 from .metrics import luma
 from .quant import Prepared, QuantParams, annex_k_tables, prepare, requantize
-from .roi import RoiConfig, roi_map
+from .roi import ROI_CONF, RoiConfig, roi_map
 from .types import Detections
 
 # Background settings tried by the search, gentlest first: (step multiplier, zigzag coefficients kept).
+# Measured on halved coco128 (benchmarks/RESULTS.md): the hardest steps win most often.
 LADDER = (QuantParams(2, 64), QuantParams(3, 28), QuantParams(4, 15), QuantParams(6, 10),
-          QuantParams(8, 6), QuantParams(12, 3))
+          QuantParams(8, 6), QuantParams(12, 3), QuantParams(16, 1), QuantParams(24, 1, dc_strength=4))
 DEFAULT_QUALITY = 75
 
 
@@ -141,7 +142,7 @@ class _Search:
 
     def __init__(self, pic: Picture, importance: torch.Tensor, enc: Encoder, device):
         self.pic, self.enc = pic, enc
-        rgb = torch.from_numpy(pic.rgb).permute(2, 0, 1)[None].to(device)
+        rgb = torch.from_numpy(np.require(pic.rgb, requirements="W")).permute(2, 0, 1)[None].to(device)
         self.prep: Prepared = prepare(rgb, enc.subsampling)
         self.imp = importance
         h, w = pic.rgb.shape[:2]
@@ -180,7 +181,7 @@ class _Search:
 
 def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: int | None = None,
               target_size: int | None = None, encoder: str = "pillow", detector: Detector | None = None,
-              model: str | None = None, classes: Sequence[str | int] | None = None, conf: float = 0.25,
+              model: str | None = None, classes: Sequence[str | int] | None = None, conf: float = ROI_CONF,
               roi: RoiConfig = RoiConfig(), ladder: Sequence[QuantParams] = LADDER,
               device: str | None = None, detections: Detections | None = None) -> JpegResult:
     """Encode an image (path, bytes, PIL image or Picture) as JPEG with object-aware quantization.

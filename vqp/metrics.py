@@ -1,8 +1,8 @@
 """Measure stage: PSNR-Y and MS-SSIM over the full frame, a region, or its complement.
 
 MS-SSIM comes from pytorch-msssim. Its default 5 scales with an 11-px window need a short side
-above 160 px; smaller inputs (object crops, thumbnails) use as many scales as fit (at least 1,
-i.e. plain SSIM) with weights renormalized, and regions are measured on their bounding crop.
+above 160 px; smaller inputs (object crops, thumbnails) use a smaller window, and below 33 px
+single-scale SSIM (see ``msssim``). Objects are scored per box crop, weighted by box area.
 """
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ import torch
 from pytorch_msssim import ms_ssim, ssim
 
 from .quant import RGB2YCC
-
-MSSSIM_WEIGHTS = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
-
 
 def luma(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
     """JFIF Y of (..., H, W, 3) uint8 RGB (or (N, 3, H, W) tensors) as float."""
@@ -37,20 +34,24 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 
 def msssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """MS-SSIM of two (H, W) planes or (C, H, W) images in [0, 255], with scales that fit."""
+    """MS-SSIM of two (H, W) planes or (C, H, W) images in [0, 255], for any size.
+
+    pytorch-msssim always downsamples 4 times and asserts a short side above (win - 1) * 16.
+    Short sides over 160 px use its defaults (11-px window, 5 scales). From 33 to 160 px the
+    window shrinks to the largest odd size that passes (7 px at 100 px); all 5 scales stay.
+    Below 33 px only single-scale SSIM fits (window up to 11 px); under 3 px there is no score (NaN).
+    """
     a = a.float()[None, None] if a.dim() == 2 else a.float()[None]
     b = b.float()[None, None] if b.dim() == 2 else b.float()[None]
     short = min(a.shape[-2:])
-    win = 11 if short >= 11 else (short if short % 2 else short - 1)
-    if win < 3:
-        return float("nan")
-    levels = 1
-    while levels < 5 and short / 2 ** levels > (win - 1):
-        levels += 1
-    if levels == 1:
-        return float(ssim(a, b, data_range=255, win_size=win, size_average=True))
-    w = MSSSIM_WEIGHTS[:levels]
-    return float(ms_ssim(a, b, data_range=255, win_size=win, weights=[x / sum(w) for x in w]))
+    if short > 160:
+        return float(ms_ssim(a, b, data_range=255))
+    win = (short - 1) // 16 + 1  # largest w with (w - 1) * 16 < short ...
+    win -= 1 - win % 2  # ... made odd
+    if win >= 3:
+        return float(ms_ssim(a, b, data_range=255, win_size=win))
+    win = min(11, short if short % 2 else short - 1)
+    return float(ssim(a, b, data_range=255, win_size=win)) if win >= 3 else float("nan")
 
 
 def box_mask(boxes, height: int, width: int) -> torch.Tensor:

@@ -22,13 +22,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_detector_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that runs the detector."""
+def add_detector_args(p: argparse.ArgumentParser, conf: float = 0.25) -> None:
+    """Options shared by every command that runs the detector.
+
+    Commands that drive the ROI map pass ``vqp.roi.ROI_CONF`` as the confidence default: there
+    weak boxes are kept and weighted by confidence rather than dropped.
+    """
     g = p.add_argument_group("detector")
     g.add_argument("--model", help="model file, folder or name; 'opencv' for the weight-free fallback "
                    "(default: $VQP_MODEL, then the model folder $VQP_MODEL_DIR or ../shared/models)")
     g.add_argument("--classes", type=lambda s: [c for c in s.split(",") if c], help="comma-separated class names or ids to keep")
-    g.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    g.add_argument("--conf", type=float, default=conf, help=f"confidence threshold (default {conf})")
     g.add_argument("--imgsz", type=int, default=640, help="detector input size (default 640)")
     g.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
 
@@ -38,7 +42,32 @@ def detector_from_args(args):
 
     if not 0 <= args.conf <= 1:
         raise VqpError(f"--conf must be between 0 and 1, got {args.conf}")
+    if args.imgsz < 32:
+        raise VqpError(f"--imgsz must be at least 32, got {args.imgsz}")
     return load_detector(args.model, classes=args.classes, conf=args.conf, imgsz=args.imgsz, device=args.device)
+
+
+def add_roi_args(p: argparse.ArgumentParser) -> None:
+    """ROI map options (vqp.roi.RoiConfig) shared by the image and video commands."""
+    from ..roi import RoiConfig
+
+    d = RoiConfig()
+    g = p.add_argument_group("ROI map")
+    g.add_argument("--margin", type=float, default=d.margin, help=f"pixels kept around each box (default {d.margin:g})")
+    g.add_argument("--feather", type=float, default=d.feather,
+                   help=f"pixels of transition from object to background (default {d.feather:g})")
+    g.add_argument("--conf-full", type=float, default=d.conf_full,
+                   help=f"boxes at or above this confidence are fully protected (default {d.conf_full:g})")
+    g.add_argument("--priority", type=lambda s: dict((k, float(v)) for k, v in (x.split("=") for x in s.split(",") if x)),
+                   default={}, metavar="CLASS=W,...", help="per-class weight in [0, 1], e.g. person=1,car=0.5")
+
+
+def roi_from_args(args):
+    from ..roi import RoiConfig
+
+    if args.margin < 0 or args.feather < 0 or not 0 < args.conf_full <= 1:
+        raise VqpError("--margin and --feather must be >= 0 and --conf-full in (0, 1]")
+    return RoiConfig(margin=args.margin, feather=args.feather, conf_full=args.conf_full, priority=args.priority)
 
 
 def main(argv: list[str] | None = None) -> int:

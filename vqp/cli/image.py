@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from ..errors import VqpError
-from . import add_detector_args, detector_from_args
+from ..roi import ROI_CONF
+from . import add_detector_args, add_roi_args, detector_from_args, roi_from_args
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
 
@@ -21,10 +22,9 @@ def register(sub) -> None:
     m.add_argument("--quality", type=int, metavar="Q", help="fixed encoder quality Q (smaller than plain at Q)")
     m.add_argument("--target-size", type=int, metavar="BYTES", help="no larger than BYTES, best objects")
     p.add_argument("--encoder", default="pillow", choices=["pillow", "jpegli"], help="JPEG encoder (default pillow)")
-    p.add_argument("--margin", type=float, default=4.0, help="pixels kept around each box (default 4)")
-    p.add_argument("--feather", type=float, default=24.0, help="pixels of transition to the background (default 24)")
     p.add_argument("--json", action="store_true", help="print one JSON line per file")
-    add_detector_args(p)
+    add_roi_args(p)
+    add_detector_args(p, conf=ROI_CONF)
     p.set_defaults(func=run)
 
 
@@ -51,11 +51,9 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..jpeg import save_jpeg
-    from ..roi import RoiConfig
-
     pairs = _pairs(Path(args.input), Path(args.output))
     det = detector_from_args(args)
-    roi = RoiConfig(margin=args.margin, feather=args.feather)
+    roi = roi_from_args(args)
     failed = 0
     many = len(pairs) > 1
     bar = tqdm(pairs, unit="img", disable=not many, file=sys.stderr)
