@@ -1,0 +1,192 @@
+"""The HTTP service, run for real: `python -m vqp serve` on a free loopback port, driven with httpx."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DATA, MODELS, ROOT
+
+BOOT_S = 120
+
+
+class Server:
+    """One `vqp serve` subprocess; its log goes to a file so a failure can show it."""
+
+    def __init__(self, tmp: Path, *flags: str):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"server-{self.port}.log"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "true", "YOLO_VERBOSE": "false",
+               "OMP_NUM_THREADS": "2"}
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vqp", "serve", "--port", str(self.port), "--model",
+                 str(MODELS / "yolo11n_coco_dq.pt"), *flags], cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        deadline = time.monotonic() + BOOT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready in {BOOT_S} s:\n{self.log.read_text()}")
+
+    def stop(self, kill: bool = False) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def metric(self, name: str) -> float:
+        text = self.client.get("/metrics").text
+        return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    s = Server(tmp, "--max-batch", "16", "--max-wait-ms", "50", "--queue-size", "128", "--jobs-dir", str(tmp / "jobs"),
+               "--max-image-bytes", "1000000", "--max-pixels", "4000000", "--max-video-bytes", "20000000")
+    yield s
+    s.stop()
+    assert "Traceback" not in s.log.read_text()
+
+
+def test_jpeg_endpoint(server, bus_path):
+    r = server.client.post("/v1/jpeg", params={"match_quality": 50}, content=bus_path.read_bytes(),
+                           headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/jpeg"
+    out = Image.open(io.BytesIO(r.content))
+    assert out.size == (810, 1080) and r.headers["x-vqp-size"] == "810x1080"
+    assert int(r.headers["x-vqp-bytes"]) == len(r.content) <= int(r.headers["x-vqp-plain-bytes"])
+    assert int(r.headers["x-vqp-quality"]) >= 50 and r.headers["x-vqp-reference-quality"] == "50"
+    names = [b["name"] for b in json.loads(r.headers["x-vqp-detections"])]
+    assert "bus" in names and "person" in names and int(r.headers["x-vqp-detection-count"]) == len(names)
+    assert "detect;dur=" in r.headers["server-timing"]
+
+    # multipart, a class filter and a size target; the client's file name (with path parts) is ignored
+    r = server.client.post("/v1/jpeg", params={"target_size": 60000, "classes": "person"},
+                           files={"file": ("../../etc/passwd", bus_path.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    assert len(r.content) <= 60000
+    assert {b["name"] for b in json.loads(r.headers["x-vqp-detections"])} == {"person"}
+
+
+def test_detect_endpoint(server, zidane_path):
+    r = server.client.post("/v1/detect", files={"file": ("zidane.jpg", zidane_path.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert (d["width"], d["height"]) == (1280, 720)
+    assert sum(b["name"] == "person" for b in d["boxes"]) >= 2
+    assert d["model"].endswith("yolo11n_coco_dq.pt")
+
+
+def test_concurrent_requests_are_batched_and_not_mixed_up(server, bus_path, zidane_path):
+    """64 parallel requests, each a different size of bus.jpg or zidane.jpg: every answer must be its own."""
+    bus, zidane = Image.open(bus_path).convert("RGB"), Image.open(zidane_path).convert("RGB")
+    cases = []
+    for i in range(64):
+        src = bus if i % 2 == 0 else zidane
+        w = 320 + 4 * i
+        size = (w, round(w * src.height / src.width))
+        cases.append((size, i % 2 == 0, jpeg_bytes(src.resize(size))))
+    batches_before = server.metric("vqp_detect_batch_size_count")
+    frames_before = server.metric("vqp_detect_batch_size_sum")
+
+    def post(case):
+        return server.client.post("/v1/detect", content=case[2], headers={"Content-Type": "image/jpeg"})
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(post, cases))
+    for (size, is_bus, _), r in zip(cases, answers):
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert (d["width"], d["height"]) == size
+        names = {b["name"] for b in d["boxes"]}
+        assert ("bus" in names) == is_bus and "person" in names
+        assert all(0 <= b["x1"] <= b["x2"] <= size[0] and 0 <= b["y1"] <= b["y2"] <= size[1] for b in d["boxes"])
+    batches = server.metric("vqp_detect_batch_size_count") - batches_before
+    frames = server.metric("vqp_detect_batch_size_sum") - frames_before
+    assert frames == 64
+    assert batches < 64  # several requests shared a detector call
+
+
+def test_bad_input(server, bus_path):
+    c = server.client
+
+    def check(r, status, words):
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert words in r.json()["error"] and r.json()["status"] == status
+
+    check(c.post("/v1/jpeg", content=b"this is not an image", headers={"Content-Type": "image/png"}), 422,
+          "not an image")
+    check(c.post("/v1/detect", content=bus_path.read_bytes(), headers={"Content-Type": "text/plain"}), 415,
+          "content type")
+    check(c.post("/v1/detect", content=bus_path.read_bytes()), 415, "content type")
+    check(c.post("/v1/detect", content=b"\0" * 1_500_000, headers={"Content-Type": "image/png"}), 413,
+          "over the limit")
+    big = jpeg_bytes(Image.new("RGB", (2500, 2000), (90, 120, 200)), 50)  # 5 Mpx in a small file
+    assert len(big) < 1_000_000
+    check(c.post("/v1/detect", content=big, headers={"Content-Type": "image/jpeg"}), 413, "pixels")
+    body = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nno closing boundary"
+    check(c.post("/v1/detect", content=body, headers={"Content-Type": "multipart/form-data; boundary=xyz"}), 400,
+          "")
+    check(c.post("/v1/detect", content=b"garbage", headers={"Content-Type": "multipart/form-data"}), 400, "")
+    check(c.post("/v1/detect", files={"other": ("a.jpg", b"x", "image/jpeg")}), 400, "'file'")
+    check(c.post("/v1/jpeg", params={"quality": 500}, content=b"x", headers={"Content-Type": "image/jpeg"}), 422,
+          "quality")
+    check(c.post("/v1/jpeg", params={"quality": 50, "match_quality": 50}, content=b"x",
+                 headers={"Content-Type": "image/jpeg"}), 422, "only one")
+    check(c.post("/v1/jpeg", params={"classes": "unicorn"}, content=b"x", headers={"Content-Type": "image/jpeg"}),
+          422, "unknown class")
+    check(c.post("/v1/jpeg", params={"target_size": 200}, content=bus_path.read_bytes(),
+                 headers={"Content-Type": "image/jpeg"}), 422, "cannot fit")
+    check(c.get("/v1/nothing"), 404, "Not Found")
+    check(c.get("/v1/jobs/../../etc/passwd"), 404, "")
+    check(c.get("/v1/jobs/0123456789abcdef0123456789abcdef"), 404, "no job")
+    assert c.get("/healthz").status_code == 200  # still serving
+
+
+def test_health_metrics_openapi(server):
+    c = server.client
+    assert c.get("/healthz").json() == {"status": "ok"}
+    assert c.get("/readyz").json()["status"] == "ready"
+    text = c.get("/metrics").text
+    for name in ("vqp_requests_total", "vqp_request_seconds_bucket", "vqp_detect_batch_size_bucket",
+                 "vqp_detect_queue_depth", "vqp_stage_seconds_bucket", "vqp_jobs"):
+        assert name in text
+    assert 'route="/v1/jobs/{job_id}"' in text  # job ids are not labels
+    paths = c.get("/openapi.json").json()["paths"]
+    assert {"/v1/jpeg", "/v1/detect", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result",
+            "/healthz", "/readyz", "/metrics"} <= set(paths)
+    assert "multipart/form-data" in paths["/v1/jpeg"]["post"]["requestBody"]["content"]
+    assert c.get("/docs").status_code == 200

@@ -1,0 +1,431 @@
+"""FastAPI app factory: a thin HTTP layer over vqp's library calls.
+
+One process loads the detector once; image requests are decoded and encoded on a thread pool
+while their detection goes through the micro-batcher. Video jobs are persistent (jobs.py).
+Every error, including 404s, validation failures and limits, is answered as JSON
+``{"error": message, "status": code}``.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..detect import Detector, class_ids, load_detector
+from ..errors import VqpError
+from ..imageio import Picture, load_image
+from ..jpeg import save_jpeg
+from ..types import Detections
+from .batcher import Batcher, QueueFull, SharedDetector, keep_classes
+from .jobs import JobRunner, JobStore, safe_name, safe_suffix
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("vqp.service")
+HEADER_BOXES = 32  # boxes listed in X-Vqp-Detections (the full list is in /v1/detect); keeps headers small
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+MULTIPART = {"schema": {"type": "object", "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}}}}
+
+
+def _body_doc(kind: str) -> dict:
+    return {"requestBody": {"required": True, "content": {
+        f"{kind}/*": BINARY, "application/octet-stream": BINARY, "multipart/form-data": MULTIPART}}}
+
+
+def error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status, **extra}, status, headers=headers)
+
+
+class Guard:
+    """ASGI middleware: request body limits (413) and per-route request metrics."""
+
+    def __init__(self, app, settings: Settings, metrics: Metrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    def limit(self, path: str) -> int:
+        return self.settings.max_video_bytes if path.startswith("/v1/jobs") else self.settings.max_image_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+        limit = self.limit(scope["path"])
+        length = dict(scope["headers"]).get(b"content-length", b"")
+
+        async def send_status(msg):
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+            await send(msg)
+
+        try:
+            if length.isdigit() and int(length) > limit:
+                self.metrics.rejected.labels("too_large").inc()
+                await error(413, f"request body of {int(length):,} bytes is over the limit of {limit:,}",
+                            {"Connection": "close"})(scope, receive, send_status)
+                return
+            seen = [0]
+
+            async def counted():
+                msg = await receive()
+                seen[0] += len(msg.get("body", b""))
+                if seen[0] > limit:
+                    self.metrics.rejected.labels("too_large").inc()
+                    raise HTTPException(413, f"request body is over the limit of {limit:,} bytes")
+                return msg
+
+            await self.app(scope, counted, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+@dataclass
+class Service:
+    settings: Settings
+    metrics: Metrics
+    detector: Detector
+    batcher: Batcher
+    store: JobStore
+    runner: JobRunner
+    pool: ThreadPoolExecutor
+
+    async def run(self, fn, *args, **kw):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))
+
+    async def detect(self, rgb, ids) -> Detections:
+        try:
+            future = self.batcher.submit(rgb)
+        except QueueFull as e:
+            raise HTTPException(503, f"{e}; retry shortly", {"Retry-After": "1"}) from None
+        return keep_classes(await asyncio.wrap_future(future), ids)
+
+    def classes(self, classes: str | None) -> list[int] | None:
+        return class_ids(self.detector.names, [c for c in classes.split(",") if c]) if classes else None
+
+    def decode(self, data: bytes) -> Picture:
+        """load_image, with pixel limits answered as 413 (checked from the header, before decoding)."""
+        limit, size = self.settings.max_pixels, ""
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > limit:
+                    size = f"{im.width}x{im.height} "
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            # Pillow's own bomb check (its warning is an error while another thread is inside
+            # load_image, whose warnings filter is process-wide): over the limit either way
+            size = "huge "
+        except Exception:  # not an image: load_image below gives the one-line reason
+            pass
+        if size:
+            self.metrics.rejected.labels("too_many_pixels").inc()
+            raise HTTPException(413, f"image of {size}pixels is over the limit of {limit:,} pixels")
+        return load_image(data, max_pixels=limit)
+
+
+async def read_upload(request: Request, kind: str) -> tuple[bytes | UploadFile, str | None]:
+    """The uploaded file: a raw body of ``kind``/* or application/octet-stream, or a multipart 'file' part.
+
+    Raw bodies come back as bytes, multipart parts as an UploadFile (spooled to disk when large).
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=16)
+        part = form.get("file")
+        if not isinstance(part, UploadFile):
+            raise HTTPException(400, "multipart body has no file part named 'file'")
+        return part, part.filename
+    if ctype.startswith(f"{kind}/") or ctype == "application/octet-stream":
+        return await request.body(), request.query_params.get("filename")
+    raise HTTPException(415, f"content type {ctype or 'missing'!r} is not accepted; send {kind}/*, "
+                             "application/octet-stream or multipart/form-data with a 'file' part")
+
+
+SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def video_options(query: dict) -> dict:
+    """Job query parameters to scalar VideoOptions fields plus ``classes``, checked by building a VideoOptions."""
+    from ..video import VideoOptions
+
+    kinds = {f.name: next((t for t in f.type.replace(" ", "").split("|") if t in SCALARS), None)
+             for f in dataclasses.fields(VideoOptions)}
+    opts: dict = {}
+    for k, v in query.items():
+        if k == "filename":
+            continue
+        if k == "classes":
+            opts[k] = [c for c in v.split(",") if c]
+            continue
+        kind = kinds.get(k)
+        if kind is None:
+            known = sorted([n for n, t in kinds.items() if t] + ["classes"])
+            raise VqpError(f"unknown video option {k!r}; known: {', '.join(known)}")
+        if kind == "bool":
+            if v.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise VqpError(f"video option {k}={v!r} is not true or false")
+            opts[k] = v.lower() in ("1", "true", "yes")
+        else:
+            try:
+                opts[k] = SCALARS[kind](v)
+            except ValueError:
+                raise VqpError(f"video option {k}={v!r} is not a valid {kind}") from None
+    VideoOptions(**{k: v for k, v in opts.items() if k != "classes"})
+    return opts
+
+
+def video_encoder(batcher: Batcher):
+    """The job runner's encode step: vqp.video.encode_video with the shared, micro-batched detector."""
+
+    def encode(src: Path, folder: Path, options: dict, progress) -> tuple[str, dict]:
+        from ..video import VideoOptions, encode_video
+
+        opts = dict(options)
+        det = SharedDetector(batcher, opts.pop("classes", None))
+        video = VideoOptions(**opts)
+        dst = folder / ("output.mkv" if video.codec == "mjpeg" else "output.mp4")
+        stats = encode_video(src, dst, video, detector=det, progress=progress)
+        return dst.name, {**dataclasses.asdict(stats), "summary": stats.summary()}
+
+    return encode
+
+
+def create_app(settings: Settings | None = None, detector: Detector | None = None) -> FastAPI:
+    """Build the app; the detector (loaded once, at startup) and job store live in ``app.state.svc``."""
+    settings = settings or Settings.from_env()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        det = detector or load_detector(settings.model, conf=settings.conf, imgsz=settings.imgsz,
+                                        device=settings.device, batch=settings.max_batch)
+        batcher = Batcher(det, max_batch=settings.max_batch, max_wait=settings.max_wait_ms / 1000,
+                          queue_size=settings.queue_size, metrics=metrics).start()
+        store = JobStore(settings.jobs_dir, settings.max_attempts)
+        for job in store.recover():
+            log.warning("vqp: job %s: %s", job.id, job.error or job.note)
+        metrics.watch_jobs(store.counts)
+        runner = JobRunner(store, video_encoder(batcher), settings.job_workers).start()
+        pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="vqp-encode")
+        app.state.svc = Service(settings, metrics, det, batcher, store, runner, pool)
+        try:
+            yield
+        finally:
+            runner.stop()
+            batcher.stop()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="vqp", version=__version__, lifespan=lifespan,
+                  description="Detector-driven encoder preprocessing: objects keep their bits.")
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        msg = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        return error(422, msg, details=jsonable_encoder(exc.errors()))
+
+    @app.exception_handler(VqpError)
+    async def bad_input(request, exc: VqpError):
+        return error(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def crash(request, exc: Exception):
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    def svc(request: Request) -> Service:
+        return request.app.state.svc
+
+    async def timed(request: Request, work):
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                return await work
+        except TimeoutError:
+            svc(request).metrics.rejected.labels("timeout").inc()
+            raise HTTPException(504, f"request took longer than {settings.timeout_s:g} s") from None
+
+    async def image_in(request: Request, s: Service) -> tuple[Picture, dict]:
+        data, _ = await read_upload(request, "image")
+        if isinstance(data, UploadFile):
+            data = await data.read()
+        t = time.perf_counter()
+        pic = await s.run(s.decode, data)
+        return pic, {"decode": time.perf_counter() - t}
+
+    async def detect_one(s: Service, pic: Picture, ids, times: dict) -> Detections:
+        t = time.perf_counter()
+        dets = await s.detect(pic.rgb, ids)
+        times["detect"] = time.perf_counter() - t
+        return dets
+
+    def server_timing(s: Service, times: dict) -> str:
+        for k, v in times.items():
+            s.metrics.stage.labels(k).observe(v)
+        return ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in times.items())
+
+    @app.post("/v1/jpeg", response_class=Response, openapi_extra=_body_doc("image"),
+              responses={200: {"content": {"image/jpeg": {}}, "description": "object-aware JPEG; "
+                               "X-Vqp-* headers give detections, quality and size against plain JPEG"}})
+    async def jpeg(request: Request,
+                   quality: int | None = Query(None, ge=1, le=100, description="fixed encoder quality"),
+                   match_quality: int | None = Query(None, ge=1, le=100,
+                                                     description="no larger than plain JPEG at this quality (default 75)"),
+                   target_size: int | None = Query(None, ge=1, description="no larger than this many bytes"),
+                   classes: str | None = Query(None, description="comma-separated class names or ids to keep"),
+                   encoder: Literal["pillow", "jpegli"] = "pillow"):
+        """Encode an image as object-aware JPEG, like ``vqp image``."""
+        if sum(v is not None for v in (quality, match_quality, target_size)) > 1:
+            raise VqpError("give only one of quality, match_quality and target_size")
+        s = svc(request)
+        ids = s.classes(classes)
+
+        async def work():
+            pic, times = await image_in(request, s)
+            dets = await detect_one(s, pic, ids, times)
+            t = time.perf_counter()
+            r = await s.run(save_jpeg, pic, quality=quality, match_quality=match_quality, target_size=target_size,
+                            encoder=encoder, detections=dets, device=settings.device)
+            times["encode"] = time.perf_counter() - t
+            return r, times
+
+        r, times = await timed(request, work())
+        sm = r.summary()
+        boxes = sorted(sm["detections"], key=lambda b: -b["conf"])[:HEADER_BOXES]
+        headers = {"X-Vqp-Quality": str(r.quality), "X-Vqp-Bytes": str(r.size),
+                   "X-Vqp-Plain-Bytes": str(sm["plain_bytes"] or ""), "X-Vqp-Ratio": str(sm["ratio"] or ""),
+                   "X-Vqp-Reference-Quality": str(sm["reference_quality"] or ""),
+                   "X-Vqp-Detection-Count": str(len(sm["detections"])),
+                   "X-Vqp-Detections": json.dumps(boxes, separators=(",", ":")),
+                   "X-Vqp-Size": f"{r.detections.width}x{r.detections.height}",
+                   "Server-Timing": server_timing(s, times)}
+        return Response(r.data, media_type="image/jpeg", headers=headers)
+
+    @app.post("/v1/detect", openapi_extra=_body_doc("image"))
+    async def detect(request: Request,
+                     classes: str | None = Query(None, description="comma-separated class names or ids to keep")):
+        """Detector boxes of an image, as JSON."""
+        s = svc(request)
+        ids = s.classes(classes)
+
+        async def work():
+            pic, times = await image_in(request, s)
+            return await detect_one(s, pic, ids, times), times
+
+        dets, times = await timed(request, work())
+        return JSONResponse({"model": s.detector.source, **dets.to_dict()},
+                            headers={"Server-Timing": server_timing(s, times)})
+
+    @app.post("/v1/jobs", status_code=202, openapi_extra=_body_doc("video"))
+    async def create_job(request: Request):
+        """Upload a video; query parameters are vqp.video.VideoOptions fields. Answers 202 with the job."""
+        s = svc(request)
+        opts = video_options(dict(request.query_params))
+        if s.store.counts()["queued"] + s.store.counts()["running"] >= settings.max_jobs:
+            s.metrics.rejected.labels("jobs_full").inc()
+            raise HTTPException(503, f"{settings.max_jobs} jobs are queued or running; retry later", {"Retry-After": "10"})
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        job_id, folder = s.store.new_folder()
+        try:
+            if ctype == "multipart/form-data":
+                part, name = await read_upload(request, "video")
+                dst = folder / f"input{safe_suffix(safe_name(name))}"
+                with open(dst, "wb") as f:
+                    await s.run(shutil.copyfileobj, part.file, f)
+            elif ctype.startswith("video/") or ctype == "application/octet-stream":
+                name = request.query_params.get("filename")
+                dst = folder / f"input{safe_suffix(safe_name(name))}"
+                with open(dst, "wb") as f:
+                    async for chunk in request.stream():
+                        f.write(chunk)
+            else:
+                await read_upload(request, "video")  # raises the 415
+            if dst.stat().st_size == 0:
+                raise VqpError("empty upload")
+            job = s.store.add(job_id, safe_name(name, "video"), opts, settings.max_jobs)
+            if job is None:
+                raise HTTPException(503, f"{settings.max_jobs} jobs are queued or running; retry later",
+                                    {"Retry-After": "10"})
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        s.runner.notify()
+        return JSONResponse(job.to_dict(), 202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    def get_job(request: Request, job_id: str):
+        job = svc(request).store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r}")
+        return job
+
+    @app.get("/v1/jobs/{job_id}")
+    def job_status(request: Request, job_id: str):
+        """State (queued, running, done, failed), progress in [0, 1], error or note, and result stats."""
+        return get_job(request, job_id).to_dict()
+
+    @app.get("/v1/jobs/{job_id}/result", response_class=FileResponse,
+             responses={200: {"content": {"video/*": {}}, "description": "the encoded video"}})
+    def job_result(request: Request, job_id: str):
+        """The encoded video of a finished job (409 while it is not done)."""
+        job = get_job(request, job_id)
+        if job.state != "done":
+            raise HTTPException(409, f"job is {job.state}" + (f": {job.error}" if job.error else ""))
+        path = svc(request).store.folder(job.id) / job.output
+        if not path.is_file():
+            raise HTTPException(410, "the job's output file is gone")
+        return FileResponse(path, filename=f"{Path(job.name).stem}.vqp{path.suffix}")
+
+    @app.delete("/v1/jobs/{job_id}", status_code=204)
+    def delete_job(request: Request, job_id: str):
+        """Remove a job and its files; a running job is stopped first."""
+        s = svc(request)
+        job = get_job(request, job_id)
+        if job.state == "running":
+            s.runner.cancel(job.id)
+            s.store.delete(job.id, files=False)  # the worker removes the folder when it stops
+        else:
+            s.store.delete(job.id)
+        return Response(status_code=204)
+
+    @app.get("/healthz")
+    def healthz():
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(request: Request):
+        """Ready when the model is loaded and the batcher and job workers run."""
+        s = getattr(request.app.state, "svc", None)
+        ok = bool(s and s.batcher.alive and s.runner.alive)
+        body = {"status": "ready" if ok else "not ready",
+                **({"model": s.detector.source, "max_batch": settings.max_batch} if s else {})}
+        return JSONResponse(body, 200 if ok else 503)
+
+    @app.get("/metrics", response_class=Response)
+    def prometheus(request: Request):
+        """Prometheus text format."""
+        return Response(svc(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

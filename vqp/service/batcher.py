@@ -1,0 +1,129 @@
+"""Micro-batching in front of the one loaded detector.
+
+Requests put frames on a bounded queue; a single thread takes the first waiting frame, collects
+more for up to ``max_wait`` seconds or until ``max_batch`` frames, and runs the detector once on
+all of them. One thread owns the model, so it needs no locking, and a full queue is refused at
+once (the service answers 503) instead of letting latency grow without bound.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from ..detect import Detector, class_ids
+from ..types import Detections
+from .metrics import Metrics
+
+log = logging.getLogger("vqp.service")
+
+
+class QueueFull(Exception):
+    """The detection queue is at its bound; the caller should retry later."""
+
+
+@dataclass
+class _Item:
+    rgb: np.ndarray
+    future: Future
+    queued: float
+
+
+class Batcher:
+    def __init__(self, detector: Detector, *, max_batch: int = 8, max_wait: float = 0.005,
+                 queue_size: int = 64, metrics: Metrics | None = None):
+        self.detector, self.max_batch, self.max_wait = detector, max_batch, max_wait
+        self.metrics = metrics or Metrics()
+        self._q: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._run, name="vqp-batcher", daemon=True)
+        self.metrics.queue_depth.set_function(self._q.qsize)
+
+    def start(self) -> "Batcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._q.put(None)  # blocks only while full; the thread drains it
+        self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, rgb: np.ndarray, *, block: bool = False) -> Future:
+        """Queue one HxWx3 uint8 frame; the future yields its Detections. Raises QueueFull when not blocking."""
+        item = _Item(rgb, Future(), time.perf_counter())
+        try:
+            self._q.put(item, block=block)
+        except queue.Full:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise QueueFull(f"detection queue is full ({self._q.maxsize} frames waiting)") from None
+        return item.future
+
+    def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
+        batch, deadline = [first], time.perf_counter() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                item = self._q.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            if first is None:
+                break
+            batch, stop = self._collect(first)
+            batch = [it for it in batch if it.future.set_running_or_notify_cancel()]  # drop timed-out requests
+            if not batch:
+                continue
+            start = time.perf_counter()
+            for it in batch:
+                self.metrics.queue_wait.observe(start - it.queued)
+            try:
+                dets = self.detector([it.rgb for it in batch])
+            except Exception as e:  # a detector failure fails this batch's requests, not the service
+                log.exception("detector failed on a batch of %d", len(batch))
+                for it in batch:
+                    it.future.set_exception(e)
+                continue
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_seconds.observe(time.perf_counter() - start)
+            for it, d in zip(batch, dets):
+                it.future.set_result(d)
+
+
+def keep_classes(dets: Detections, ids: Iterable[int] | None) -> Detections:
+    """Per-request class filter on a detection of all classes (NMS is per class, so this is exact)."""
+    if ids is None:
+        return dets
+    ids = set(ids)
+    return Detections([b for b in dets.boxes if b.cls in ids], dets.height, dets.width)
+
+
+class SharedDetector:
+    """The Detector interface over a Batcher, so video jobs share the service's one model.
+
+    Frames are queued blocking: a long video waits for room rather than being refused.
+    """
+
+    def __init__(self, batcher: Batcher, classes: Iterable[str | int] | None = None):
+        self.batcher = batcher
+        self.names = batcher.detector.names
+        self.source = getattr(batcher.detector, "source", "")
+        self.ids = class_ids(self.names, classes)
+
+    def __call__(self, frames) -> list[Detections]:
+        futures = [self.batcher.submit(f, block=True) for f in frames]
+        return [keep_classes(f.result(), self.ids) for f in futures]

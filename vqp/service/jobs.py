@@ -1,0 +1,283 @@
+"""Persistent video jobs: a SQLite table plus one folder of files per job, and the worker threads.
+
+A job's state lives only in the database and its folder, never only in memory, so a restart
+finds every job again. Jobs that were running when the process died are queued again (the
+encode starts over; outputs are written atomically, so nothing half-written is kept) until
+they have been started ``max_attempts`` times; then they fail with the reason.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import VqpError
+
+log = logging.getLogger("vqp.service")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,            -- queued, running, done, failed
+    name TEXT NOT NULL,             -- client's file name, reduced to a safe base name
+    options TEXT NOT NULL,          -- JSON
+    progress REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    note TEXT,
+    result TEXT,                    -- JSON stats of a finished job
+    output TEXT,                    -- output file name inside the job folder
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+)"""
+ID = re.compile(r"^[0-9a-f]{32}$")
+ACTIVE = ("queued", "running")
+
+
+class Cancelled(Exception):
+    """Raised inside a job's progress callback when the job was deleted or the service stops."""
+
+
+def safe_name(name: str | None, default: str = "upload") -> str:
+    """A client file name reduced to its last path part, printable and short; never used as a path."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = re.sub(r"[^\w.\- ]", "_", base).strip(" .")[:120]
+    return base or default
+
+
+def safe_suffix(name: str) -> str:
+    """File extension to keep on the stored input (demuxers use it as a hint), or none."""
+    m = re.search(r"\.([A-Za-z0-9]{1,5})$", name)
+    return f".{m.group(1).lower()}" if m else ""
+
+
+@dataclass
+class Job:
+    id: str
+    state: str
+    name: str
+    options: dict
+    progress: float
+    attempts: int
+    error: str | None
+    note: str | None
+    result: dict | None
+    output: str | None
+    created: float
+    updated: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        d = dict(row)
+        d["options"] = json.loads(d["options"])
+        d["result"] = json.loads(d["result"]) if d["result"] else None
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "state": self.state, "name": self.name, "options": self.options,
+                "progress": round(self.progress, 4), "attempts": self.attempts, "error": self.error,
+                "note": self.note, "result": self.result, "created": self.created, "updated": self.updated}
+
+
+class JobStore:
+    """SQLite (WAL) table of jobs, plus ``root/<id>/`` holding ``input*`` and the output."""
+
+    def __init__(self, root: Path, max_attempts: int = 3):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.root / "jobs.db", check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise VqpError(f"cannot open the job store in {self.root}: {e}") from None
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(SCHEMA)
+        self.lock = threading.Lock()
+        self.max_attempts = max_attempts
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def _one(self, sql: str, args=()) -> Job | None:
+        with self.lock:
+            row = self.db.execute(sql, args).fetchone()
+        return Job.from_row(row) if row else None
+
+    def get(self, job_id: str) -> Job | None:
+        return self._one("SELECT * FROM jobs WHERE id=?", (job_id,)) if ID.match(job_id) else None
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            rows = self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {"queued": 0, "running": 0, "done": 0, "failed": 0, **{s: n for s, n in rows}}
+
+    def new_folder(self) -> tuple[str, Path]:
+        """Reserve an id and its folder; the upload is written there before ``add`` makes it a job."""
+        job_id = uuid.uuid4().hex
+        folder = self.folder(job_id)
+        folder.mkdir()
+        return job_id, folder
+
+    def add(self, job_id: str, name: str, options: dict, max_active: int) -> Job | None:
+        """Queue a job whose input is already in its folder; None when ``max_active`` jobs are queued or running."""
+        now = time.time()
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                (active,) = self.db.execute(
+                    f"SELECT COUNT(*) FROM jobs WHERE state IN {ACTIVE}").fetchone()
+                if active >= max_active:
+                    return None
+                self.db.execute("INSERT INTO jobs (id, state, name, options, created, updated) VALUES (?,?,?,?,?,?)",
+                                (job_id, "queued", name, json.dumps(options), now, now))
+            finally:
+                self.db.execute("COMMIT")
+        return self.get(job_id)
+
+    def claim(self) -> Job | None:
+        """Atomically move the oldest queued job to running."""
+        return self._one("UPDATE jobs SET state='running', attempts=attempts+1, progress=0, updated=? "
+                         "WHERE id=(SELECT id FROM jobs WHERE state='queued' ORDER BY created LIMIT 1) RETURNING *",
+                         (time.time(),))
+
+    def update(self, job_id: str, **fields) -> None:
+        fields["updated"] = time.time()
+        for k in ("result", "options"):
+            if k in fields and fields[k] is not None:
+                fields[k] = json.dumps(fields[k])
+        with self.lock:
+            self.db.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?",
+                            (*fields.values(), job_id))
+
+    def delete(self, job_id: str, files: bool = True) -> bool:
+        with self.lock:
+            gone = self.db.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount > 0
+        if files:
+            shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        return gone
+
+    def input_path(self, job_id: str) -> Path | None:
+        return next(iter(sorted(self.folder(job_id).glob("input*"))), None)
+
+    def recover(self) -> list[Job]:
+        """After a start: re-queue or fail jobs left running, fail queued jobs whose input is gone,
+        and remove folders that never became a job (an upload cut off by the crash)."""
+        with self.lock:
+            rows = self.db.execute(f"SELECT * FROM jobs WHERE state IN {ACTIVE}").fetchall()
+            known = {r[0] for r in self.db.execute("SELECT id FROM jobs").fetchall()}
+        touched = []
+        for job in map(Job.from_row, rows):
+            if self.input_path(job.id) is None:
+                self.update(job.id, state="failed", error="input file missing after a restart")
+            elif job.state == "running" and job.attempts >= self.max_attempts:
+                self.update(job.id, state="failed",
+                            error=f"interrupted by a restart after {job.attempts} attempts; giving up")
+            elif job.state == "running":
+                self.update(job.id, state="queued", progress=0,
+                            note=f"resumed after a restart (attempt {job.attempts} was interrupted)")
+            else:
+                continue
+            touched.append(self.get(job.id))
+        for p in self.root.iterdir():
+            if p.is_dir() and ID.match(p.name) and p.name not in known:
+                shutil.rmtree(p, ignore_errors=True)
+        return touched
+
+
+# encode(src, dst_folder, options, progress) -> (output file name, stats dict)
+Encode = Callable[[Path, Path, dict, Callable[[float], None]], tuple[str, dict]]
+
+
+class JobRunner:
+    """Worker threads that claim queued jobs and run ``encode`` on them."""
+
+    def __init__(self, store: JobStore, encode: Encode, workers: int = 1):
+        self.store, self.encode = store, encode
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._cancel: set[str] = set()
+        self._threads = [threading.Thread(target=self._loop, name=f"vqp-job-{i}", daemon=True) for i in range(workers)]
+
+    def start(self) -> "JobRunner":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        """Interrupt running jobs; they go back to the queue (the attempt is not counted) and resume on the next start."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        for t in self._threads:
+            t.join()
+
+    @property
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
+    def notify(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a running job at its next progress report; its worker removes the folder."""
+        self._cancel.add(job_id)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                if self._stopping:
+                    return
+            job = self.store.claim()
+            if job is None:
+                with self._wake:
+                    if not self._stopping:
+                        self._wake.wait(timeout=1.0)
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        folder = self.store.folder(job.id)
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            if job.id in self._cancel or self._stopping:
+                raise Cancelled()
+            now = time.monotonic()
+            if now - last[0] > 0.5:  # a few database writes per second at most
+                last[0] = now
+                self.store.update(job.id, progress=min(1.0, max(0.0, float(fraction))))
+
+        src = self.store.input_path(job.id)
+        try:
+            if src is None:
+                raise VqpError("input file missing")
+            output, stats = self.encode(src, folder, job.options, progress)
+        except Cancelled:
+            if job.id in self._cancel:
+                self._cancel.discard(job.id)
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                self.store.update(job.id, state="queued", attempts=job.attempts - 1, progress=0,
+                                  note="interrupted by a shutdown; resumes on the next start")
+            return
+        except VqpError as e:
+            self.store.update(job.id, state="failed", error=str(e))
+            return
+        except Exception as e:  # a bug must fail the job with a reason, not kill the worker
+            log.exception("job %s failed", job.id)
+            self.store.update(job.id, state="failed", error=f"internal error: {type(e).__name__}: {e}")
+            return
+        if job.id in self._cancel:  # deleted while its last frames were encoded
+            self._cancel.discard(job.id)
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        self.store.update(job.id, state="done", progress=1.0, result=stats, output=output)

@@ -1,0 +1,60 @@
+"""Service settings: one dataclass, filled from ``VQP_*`` environment variables and then CLI flags.
+
+Environment variables make the Docker image configurable without a new command line.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..errors import VqpError
+
+MIB = 1 << 20
+
+
+@dataclass
+class Settings:
+    model: str | None = None            # detector model (None: vqp's default model resolution)
+    device: str | None = None           # torch device (None: cuda when available)
+    conf: float = 0.25
+    imgsz: int = 640
+    max_batch: int = 8                  # detector batch limit; 1 turns micro-batching off
+    max_wait_ms: float = 5.0            # how long a batch may wait for more requests
+    queue_size: int = 64                # detection requests waiting; beyond it 503 + Retry-After
+    max_image_bytes: int = 32 * MIB     # request body limit on image routes (413)
+    max_video_bytes: int = 1024 * MIB   # request body limit on job uploads (413)
+    max_pixels: int = 50_000_000        # decoded image limit (413)
+    timeout_s: float = 60.0             # per image request (504)
+    encode_workers: int = max(1, os.cpu_count() or 1)
+    jobs_dir: Path = Path("vqp-jobs")   # SQLite database and job files
+    max_jobs: int = 16                  # queued plus running jobs; beyond it 503 + Retry-After
+    job_workers: int = 1                # video jobs encoded at the same time
+    max_attempts: int = 3               # starts of one job (restarts included) before it fails
+
+    def __post_init__(self):
+        self.jobs_dir = Path(self.jobs_dir)
+        for f in ("max_batch", "queue_size", "max_image_bytes", "max_video_bytes", "max_pixels",
+                  "encode_workers", "max_jobs", "job_workers", "max_attempts", "imgsz"):
+            if getattr(self, f) < 1:
+                raise VqpError(f"{f} must be at least 1, got {getattr(self, f)}")
+        if self.max_wait_ms < 0 or self.timeout_s <= 0:
+            raise VqpError("max_wait_ms must be >= 0 and timeout_s > 0")
+        if not 0 <= self.conf <= 1:
+            raise VqpError(f"conf must be between 0 and 1, got {self.conf}")
+
+    @classmethod
+    def from_env(cls, env=os.environ, **overrides) -> "Settings":
+        """``VQP_MAX_BATCH=16`` sets ``max_batch``; keyword overrides that are not None win."""
+        kw = {}
+        for f in fields(cls):
+            raw = env.get(f"VQP_{f.name.upper()}")
+            if raw is None or f.name == "model":  # VQP_MODEL is already read by vqp.models
+                continue
+            kind = f.type.split("|")[0].strip()
+            try:
+                kw[f.name] = {"int": int, "float": float, "Path": Path}.get(kind, str)(raw)
+            except ValueError:
+                raise VqpError(f"VQP_{f.name.upper()}={raw!r} is not a valid {kind}") from None
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)
