@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import lru_cache
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np
@@ -111,6 +112,12 @@ def load_detector(model: str | None = None, **kw) -> Detector:
             log.warning("vqp: %s; using the weight-free OpenCV detector (people and faces only)", choice.how)
         return OpenCVDetector(**kw)
     return YoloDetector(choice.source, **kw)
+
+
+@lru_cache(maxsize=4)
+def shared_detector(model: str | None = None, classes: tuple | None = None, **kw) -> Detector:
+    """One loaded detector per configuration for library callers that do not pass their own."""
+    return load_detector(model, classes=classes, **kw)
 
 
 def class_ids(names: dict[int, str], wanted: Iterable[str] | None) -> list[int] | None:

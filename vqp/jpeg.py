@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .detect import Detector, load_detector
+from .detect import Detector, shared_detector
 from .errors import VqpError
 from .imageio import Picture, load_image, write_atomic
 from .metrics import luma
@@ -204,7 +204,7 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
     enc = get_encoder(encoder)
     pic = image if isinstance(image, Picture) else load_image(image)
     if detections is None:
-        det = detector or load_detector(model, classes=classes, conf=conf, device=device)
+        det = detector or shared_detector(model, tuple(classes) if classes else None, conf=conf, device=device)
         detections = det([pic.rgb])[0]
     dets = detections
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
