@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--jpeg-params", default="match_quality=75", help="query string for /v1/jpeg")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "service.json")
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     bodies = images()
     jpeg_params = dict(kv.split("=", 1) for kv in a.jpeg_params.split("&") if kv)
     tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))

@@ -190,3 +190,162 @@ def test_health_metrics_openapi(server):
             "/healthz", "/readyz", "/metrics"} <= set(paths)
     assert "multipart/form-data" in paths["/v1/jpeg"]["post"]["requestBody"]["content"]
     assert c.get("/docs").status_code == 200
+
+
+def make_clip(path: Path, frames: int) -> Path:
+    """The first ``frames`` frames of the PETS2009 clip (pedestrians, 480x360) as a small H.264 MP4."""
+    import av
+
+    with av.open(str(DATA / "video" / "vtest_pets2009_480x360.avi")) as src, av.open(str(path), "w") as dst:
+        out = dst.add_stream("libx264", rate=10)
+        out.width, out.height, out.pix_fmt = 480, 360, "yuv420p"
+        out.options = {"preset": "ultrafast"}
+        for i, f in enumerate(src.decode(video=0)):
+            if i == frames:
+                break
+            dst.mux(out.encode(av.VideoFrame.from_ndarray(f.to_ndarray(format="rgb24"), format="rgb24")))
+        dst.mux(out.encode(None))
+    return path
+
+
+def frame_count(data: bytes) -> tuple[int, tuple[int, int]]:
+    import av
+
+    with av.open(io.BytesIO(data)) as c:
+        frames = [f for f in c.decode(video=0)]
+    return len(frames), (frames[0].width, frames[0].height)
+
+
+def wait_job(client: httpx.Client, job_id: str, states=("done", "failed"), timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job still {job['state']} after {timeout} s")
+
+
+def wait_started(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
+    """Wait until the job runs and has reported progress."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] in ("queued", "running"), job
+        if job["progress"] > 0:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job did not start in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clip") / "pets.mp4", 24)
+
+
+def test_video_job_lifecycle(server, clip, tmp_path):
+    c = server.client
+    r = c.post("/v1/jobs", params={"crf": 30, "detect_every": 4, "filename": "../../evil name.mp4"},
+               content=clip.read_bytes(), headers={"Content-Type": "video/mp4"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["name"] == "evil name.mp4" and job["options"] == {"crf": 30.0, "detect_every": 4}
+    job = wait_job(c, job["id"])
+    assert job["state"] == "done", job
+    assert job["progress"] == 1 and job["result"]["frames"] == 24 and job["result"]["frames_with_detections"] > 0
+    r = c.get(f"/v1/jobs/{job['id']}/result")
+    assert r.status_code == 200 and "evil%20name.vqp.mp4" in r.headers["content-disposition"]
+    assert frame_count(r.content) == (24, (480, 360))
+    jobs_dir = Path(server.proc.args[server.proc.args.index("--jobs-dir") + 1])
+    assert sorted(p.name for p in (jobs_dir / job["id"]).iterdir()) == ["input.mp4", "output.mp4"]
+    assert not list(jobs_dir.parent.rglob("evil*"))  # the client's name never became a path
+
+    assert c.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert c.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert not (jobs_dir / job["id"]).exists()
+
+    # multipart upload of something that is not a video: accepted, then failed with the reason
+    r = c.post("/v1/jobs", files={"file": ("..\\..\\x.mp4", b"not a video at all", "video/mp4")})
+    assert r.status_code == 202 and r.json()["name"] == "x.mp4"
+    bad = wait_job(c, r.json()["id"])
+    assert bad["state"] == "failed" and "not a media file" in bad["error"]
+    r = c.get(f"/v1/jobs/{bad['id']}/result")
+    assert r.status_code == 409 and "failed" in r.json()["error"]
+
+    for params, words in (({"nonsense": 1}, "unknown video option"), ({"crf": "abc"}, "not a valid float"),
+                          ({"codec": "divx"}, "unknown codec")):
+        r = c.post("/v1/jobs", params=params, content=clip.read_bytes(), headers={"Content-Type": "video/mp4"})
+        assert r.status_code == 422 and words in r.json()["error"], r.text
+    r = c.post("/v1/jobs", content=clip.read_bytes(), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    r = c.post("/v1/jobs", content=b"", headers={"Content-Type": "video/mp4"})
+    assert r.status_code == 422 and "empty" in r.json()["error"]
+
+
+def test_jobs_survive_restart_and_queue_limit(tmp_path, clip):
+    """Jobs left running by a crash resume (or fail with the reason); a killed server loses no job."""
+    from vqp.service.jobs import JobStore
+
+    jobs = tmp_path / "jobs"
+    store = JobStore(jobs, max_attempts=3)
+    ids = {}
+    for key in ("resume", "give_up", "lost"):
+        job_id, folder = store.new_folder()
+        (folder / "input.mp4").write_bytes(clip.read_bytes())
+        store.add(job_id, f"{key}.mp4", {"detect_every": 4}, max_active=10)
+        ids[key] = job_id
+    assert store.claim().id == ids["resume"]  # a server took it, then died
+    store.claim()
+    store.update(ids["give_up"], attempts=3)  # already started three times
+    (store.folder(ids["lost"]) / "input.mp4").unlink()
+    orphan, _ = store.new_folder()  # an upload cut off by the crash
+    store.db.close()
+
+    flags = ("--jobs-dir", str(jobs), "--max-batch", "1", "--queue-size", "1")
+    s = Server(tmp_path, *flags)
+    try:
+        c = s.client
+        give_up, lost = c.get(f"/v1/jobs/{ids['give_up']}").json(), c.get(f"/v1/jobs/{ids['lost']}").json()
+        assert give_up["state"] == "failed" and "after 3 attempts" in give_up["error"]
+        assert lost["state"] == "failed" and "input file missing" in lost["error"]
+        assert not (jobs / orphan).exists()
+        resumed = wait_job(c, ids["resume"])
+        assert resumed["state"] == "done" and resumed["attempts"] == 2 and "resumed after a restart" in resumed["note"]
+
+        # a full detection queue answers 503 with Retry-After; every other request succeeds
+        body = jpeg_bytes(Image.new("RGB", (64, 48), (10, 200, 10)))
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda _: c.post("/v1/detect", content=body, headers={"Content-Type": "image/jpeg"}),
+                                    range(32)))
+        codes = [r.status_code for r in answers]
+        assert set(codes) == {200, 503}, codes
+        busy = next(r for r in answers if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "queue is full" in busy.json()["error"]
+
+        # kill -9 in the middle of a job: the next server runs it again
+        long_clip = make_clip(tmp_path / "long.mp4", 40).read_bytes()
+        job_id = c.post("/v1/jobs", params={"detect_every": 1}, content=long_clip,
+                        headers={"Content-Type": "video/mp4"}).json()["id"]
+        assert 0 < wait_started(c, job_id)["progress"] < 1
+    finally:
+        s.stop(kill=True)
+    s = Server(tmp_path, *flags)
+    try:
+        c = s.client
+        job = wait_job(c, job_id)
+        assert job["state"] == "done" and job["attempts"] == 2 and "resumed" in job["note"], job
+        assert frame_count(c.get(f"/v1/jobs/{job_id}/result").content) == (40, (480, 360))
+
+        # deleting a running job stops it and removes its files
+        job_id = c.post("/v1/jobs", params={"detect_every": 1}, content=long_clip,
+                        headers={"Content-Type": "video/mp4"}).json()["id"]
+        wait_started(c, job_id)
+        assert c.delete(f"/v1/jobs/{job_id}").status_code == 204
+        assert c.get(f"/v1/jobs/{job_id}").status_code == 404
+        deadline = time.monotonic() + 30
+        while (jobs / job_id).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not (jobs / job_id).exists()
+    finally:
+        s.stop()

@@ -598,7 +598,7 @@ def _check(o: VideoOptions) -> None:
 
 
 def encode_video(src: str | os.PathLike, dst: str | os.PathLike, options: VideoOptions = VideoOptions(), *,
-                 detector=None, progress: bool = False) -> EncodeStats:
+                 detector=None, progress: bool | Callable[[float | None], None] = False) -> EncodeStats:
     """Encode ``src`` to ``dst`` with object-aware preprocessing; the output appears only when complete."""
     o = options
     _check(o)
@@ -663,7 +663,7 @@ def _encode(src, dst: Path, o: VideoOptions, detector, cache, crf, progress, sta
             plain = _counter(po, fmt, w, h, reader.time_base, reader.rate, plain_crf)
         st = EncodeStats(width=w, height=h, codec=o.codec, audio_streams=len(writer.audio))
         first = last = None
-        bar = tqdm(total=reader.total, unit="f", disable=not progress, desc=dst.name, leave=False)
+        bar = tqdm(total=reader.total, unit="f", disable=not progress or callable(progress), desc=dst.name, leave=False)
         for fr in pipe:
             writer.add(_to_frame(fr.out, fmt, w, h, fr.pts, reader.time_base))
             if plain:
@@ -672,6 +672,8 @@ def _encode(src, dst: Path, o: VideoOptions, detector, cache, crf, progress, sta
             last = fr.pts
             st.frames += 1
             bar.update()
+            if callable(progress):  # e.g. the service's job runner: fraction done, None if the length is unknown
+                progress(st.frames / reader.total if reader.total else None)
         bar.close()
         writer.close()
         os.chmod(tmp, 0o666 & ~_UMASK)

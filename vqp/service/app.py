@@ -165,7 +165,7 @@ SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
 
 def video_options(query: dict) -> dict:
     """Job query parameters to scalar VideoOptions fields plus ``classes``, checked by building a VideoOptions."""
-    from ..video import VideoOptions
+    from ..video import VideoOptions, _check
 
     kinds = {f.name: next((t for t in f.type.replace(" ", "").split("|") if t in SCALARS), None)
              for f in dataclasses.fields(VideoOptions)}
@@ -189,7 +189,7 @@ def video_options(query: dict) -> dict:
                 opts[k] = SCALARS[kind](v)
             except ValueError:
                 raise VqpError(f"video option {k}={v!r} is not a valid {kind}") from None
-    VideoOptions(**{k: v for k, v in opts.items() if k != "classes"})
+    _check(VideoOptions(**{k: v for k, v in opts.items() if k != "classes"}))  # encode_video's own checks, now: 422
     return opts
 
 

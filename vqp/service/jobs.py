@@ -192,8 +192,8 @@ class JobStore:
         return touched
 
 
-# encode(src, dst_folder, options, progress) -> (output file name, stats dict)
-Encode = Callable[[Path, Path, dict, Callable[[float], None]], tuple[str, dict]]
+# encode(src, dst_folder, options, progress) -> (output file name, stats dict); progress(fraction or None)
+Encode = Callable[[Path, Path, dict, Callable[[float | None], None]], tuple[str, dict]]
 
 
 class JobRunner:
@@ -248,11 +248,11 @@ class JobRunner:
         folder = self.store.folder(job.id)
         last = [0.0]
 
-        def progress(fraction: float) -> None:
+        def progress(fraction: float | None) -> None:
             if job.id in self._cancel or self._stopping:
                 raise Cancelled()
             now = time.monotonic()
-            if now - last[0] > 0.5:  # a few database writes per second at most
+            if fraction is not None and now - last[0] > 0.5:  # a few database writes per second at most
                 last[0] = now
                 self.store.update(job.id, progress=min(1.0, max(0.0, float(fraction))))
 
