@@ -1,0 +1,162 @@
+"""Robustness benchmark and repair: metric arithmetic, degradations, block ranking, frozen blocks, CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, MODELS
+from vqp.cli import main
+from vqp.errors import VqpError
+from vqp.repair import corruptions as C
+from vqp.repair.augment import Policy, fda
+from vqp.repair.finetune import finetune, pseudo_labels, save_checkpoint
+from vqp.repair.localize import rank_blocks, top_k
+from vqp.repair.robustness import Sample, load_model, load_yolo, mpc, rpc, score, split
+
+MODEL = str(MODELS / "yolo11n_coco_dq.pt")
+COCO = DATA / "coco"
+IMGSZ = 160
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(MODEL)[0]
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return load_yolo(COCO, IMGSZ, limit=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    """A 4-image YOLO-layout set: symlinks to coco128 images and labels."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    for f in sorted((COCO / "images" / "train2017").glob("*.jpg"))[:4]:
+        (root / "images" / f.name).symlink_to(f)
+        lab = COCO / "labels" / "train2017" / (f.stem + ".txt")
+        if lab.exists():
+            (root / "labels" / lab.name).symlink_to(lab)
+    return root
+
+
+def test_mpc_rpc_arithmetic():
+    cells = {"fog": {1: 0.4, 3: 0.2}, "noise": {1: 0.3, 3: 0.1}}
+    assert mpc(cells) == pytest.approx(0.25)
+    assert rpc(0.5, cells) == pytest.approx(0.5)
+
+
+def test_score_perfect_and_empty(samples):
+    s = [x for x in samples if len(x.cls)][:2]
+    perfect = [np.concatenate([x.boxes, np.ones((len(x.cls), 1)), x.cls[:, None]], 1).astype(np.float32) for x in s]
+    assert score(perfect, s, 80)["map"] == pytest.approx(1.0, abs=0.01)
+    assert score([np.zeros((0, 6), np.float32)] * len(s), s, 80)["map"] == 0.0
+
+
+def test_split_is_disjoint_and_by_id():
+    fake = [Sample(f"{i:03d}", np.zeros((8, 8, 3), np.uint8)) for i in (5, 1, 4, 2, 3, 0)]
+    rep, ev = split(fake, "repair"), split(fake, "eval")
+    assert [s.name for s in rep] == ["000", "001", "002"] and [s.name for s in ev] == ["003", "004", "005"]
+
+
+def test_degradations_shape_seed_and_codecs(samples):
+    rgb = samples[0].rgb
+    for name in ("gaussian_noise", "speckle_noise", "jpeg_low", "h264"):
+        out = C.degrade(rgb, name, 3, seed=1)
+        assert out.shape == rgb.shape and out.dtype == np.uint8 and not np.array_equal(out, rgb)
+    assert np.array_equal(C.degrade(rgb, "shot_noise", 2, seed=7), C.degrade(rgb, "shot_noise", 2, seed=7))
+    from vqp.types import Box, Detections
+
+    h, w = rgb.shape[:2]
+    none = C.degrade(rgb, "vqp_background", 5, detections=Detections([], h, w))
+    assert np.array_equal(none, rgb)  # no detection: vqp passes the frame through
+    obj = C.degrade(rgb, "vqp_background", 5, detections=Detections([Box(0, 0, 64, 64, 0.9, 0, "person")], h, w))
+    assert np.array_equal(obj[:64, :64], rgb[:64, :64]) and not np.array_equal(obj, rgb)
+    with pytest.raises(VqpError):
+        C.check(["fog", "nope"], [1])
+    with pytest.raises(VqpError):
+        C.check(["fog"], [6])
+
+
+def test_policy_follows_failures_and_fda_keeps_layout():
+    p = Policy.from_failures(0.5, {"fog": {3: 0.45}, "gaussian_noise": {3: 0.05}}, floor=0.0, p_clean=1.0)
+    w = dict(zip(p.choices, p.weights))
+    assert w[("gaussian_noise", 3)] == pytest.approx(0.9) and w[("fog", 3)] == pytest.approx(0.1)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    out = fda(a, np.full((32, 32, 3), 200, np.uint8))
+    assert out.shape == a.shape and abs(float(out.mean()) - 200) < abs(float(a.mean()) - 200)
+    s = Sample("x", a, np.array([[10, 5, 30, 20]], np.float32), np.array([0]))
+    flips = [p(s, np.random.default_rng(i)) for i in range(8)]  # p_clean=1: only the flip applies
+    assert {tuple(f.boxes[0]) for f in flips} == {(10, 5, 30, 20), (50, 5, 70, 20)}
+
+
+def test_block_ranking_covers_all_blocks(model, samples):
+    clean = [s.rgb for s in samples[:2]]
+    bad = [C.degrade(x, "gaussian_noise", 5) for x in clean]
+    rows = rank_blocks(model, clean, bad, pseudo_labels(model, samples[:2], IMGSZ), IMGSZ)
+    assert [r["index"] for r in rows] == list(range(len(model.model)))
+    ranked = [r for r in rows if "rank" in r]
+    assert len(ranked) == sum(1 for m in model.model if any(True for _ in m.parameters()))
+    assert sorted(r["rank"] for r in ranked) == list(range(1, len(ranked) + 1))
+    assert all(r["drift"] > 0 for r in rows[:3])
+    assert len(top_k(rows, 3)) == 3
+
+
+def test_topk_finetune_freezes_the_rest_and_checkpoint_loads(model, samples, tmp_path, bus_path):
+    train = pseudo_labels(model, samples, IMGSZ)
+    policy = Policy.from_failures(0.5, {"gaussian_noise": {1: 0.3}})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned, losses = finetune(model, train, policy, blocks=[0, 2], steps=2, imgsz=IMGSZ, batch=2, lr=1e-3)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    after = tuned.state_dict()
+    for k, v in before.items():
+        block = int(k.split(".")[1])
+        if block in (0, 2):
+            continue
+        assert torch.equal(after[k], v), f"frozen {k} changed"
+    assert not torch.equal(after["model.0.conv.weight"], before["model.0.conv.weight"])
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # the original is untouched
+    dest = tmp_path / "repaired.pt"
+    save_checkpoint(tuned, MODEL, dest, {"blocks": [0, 2]})
+    from vqp.detect import load_detector
+    from vqp.imageio import load_image
+
+    det = load_detector(str(dest))
+    assert any(b.name == "person" for b in det([load_image(bus_path).rgb])[0].boxes)
+
+
+def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
+    out = tmp_path / "rb"
+    rc = main(["robustness", str(tiny_set), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions", "fog",
+               "--held-out", "", "--codecs", "jpeg_low", "--severities", "2", "-o", str(out), "--json"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["images"] == 4 and 0 < rep["clean_map"] <= 1 and 0 <= rep["rpc_common"]
+    assert rep["mpc_common"] == pytest.approx(rep["cells"]["common"]["fog"]["2"], abs=1e-4)
+    assert (out / "robustness.png").stat().st_size > 1000
+    assert main(["robustness", str(tiny_set), "--severities", "7"]) == 2
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "r"), "--corruptions", "spatter"]) == 2
+    assert "held-out corruption spatter" in capsys.readouterr().err
+    assert main(["robustness", str(tmp_path / "missing")]) == 2
+
+
+def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
+    out = tmp_path / "rep"
+    rc = main(["repair", str(tiny_set), "-o", str(out), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions",
+               "gaussian_noise", "--held-out", "spatter", "--codecs", "", "--severities", "3", "--steps", "1",
+               "--batch", "2", "--top-k", "2"])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert not set(rep["split"]["repair"]) & set(rep["split"]["eval"])
+    assert set(rep["results"]) == {"original", "block", "whole"} and len(rep["top_k"]) == 2
+    assert rep["budget"]["trainable_params"]["block"] < rep["budget"]["trainable_params"]["whole"]
+    assert {"mpc_common", "rpc_common", "mpc_held_out", "clean_map"} <= set(rep["results"]["block"])
+    assert (out / "heatmap.png").exists() and (out / "blocks.png").exists()
+    capsys.readouterr()
+    assert main(["image", str(tiny_set / "images" / "000000000009.jpg"), str(tmp_path / "o.jpg"),
+                 "--model", str(out / "repaired.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["detections"]

@@ -1,0 +1,106 @@
+"""``vqp repair [DATA] -o DIR``: find what corruption breaks in the detector and fine-tune it back."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from ..errors import VqpError
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco"
+
+
+@contextlib.contextmanager
+def progress_bar(name: str):
+    """A callback (stage, done, total, note) that shows one tqdm bar per stage on stderr."""
+    from tqdm import tqdm
+
+    bars: dict = {}
+
+    def update(stage, done, total, note=""):
+        if stage not in bars:
+            for b in bars.values():
+                b.close()
+            bars[stage] = tqdm(total=total, desc=f"{name}: {stage}", file=sys.stderr, leave=False)
+        bar = bars[stage]
+        bar.n = done
+        bar.set_postfix_str(note, refresh=True)
+
+    try:
+        yield update
+    finally:
+        for b in bars.values():
+            b.close()
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x]
+    except ValueError:
+        raise VqpError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _names(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def add_run_args(p) -> None:
+    """Options shared by robustness and repair: what to degrade and at which size."""
+    g = p.add_argument_group("benchmark")
+    g.add_argument("--quick", action="store_true", help="few images, corruptions and severities (minutes on 2 cores)")
+    g.add_argument("--imgsz", type=int, help="detector input size (default 320; quick 256)")
+    g.add_argument("--corruptions", type=_names, help="comma-separated common corruptions (default all 15)")
+    g.add_argument("--held-out", type=_names, help="comma-separated held-out corruptions (default all 4; '' for none)")
+    g.add_argument("--codecs", type=_names, help="comma-separated codec degradations: jpeg_low,h264,vqp_background")
+    g.add_argument("--severities", type=_ints, help="comma-separated severities 1-5 (default all)")
+    g.add_argument("--limit", type=int, help="at most this many images (per half for repair)")
+
+
+def settings_from_args(args):
+    from ..repair.pipeline import Settings
+
+    kw = {k: v for k, v in (("imgsz", args.imgsz), ("corruptions", args.corruptions), ("held_out", args.held_out),
+                            ("codecs", args.codecs), ("severities", args.severities), ("limit", args.limit))
+          if v is not None}
+    for k in ("top_k", "steps", "batch", "lr", "seed"):
+        if getattr(args, k, None) is not None:
+            kw[k] = getattr(args, k)
+    if getattr(args, "no_compare", False):
+        kw["compare"] = False
+    if getattr(args, "extra", None):
+        kw["extra"] = args.extra
+    if kw.get("limit") is not None and kw["limit"] < 1:
+        raise VqpError(f"--limit must be at least 1, got {kw['limit']}")
+    return Settings.quick(**kw) if args.quick else Settings(**kw)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("repair", help="harden the detector against corruptions (writes a repaired checkpoint)")
+    p.add_argument("data", nargs="?", default=str(DEFAULT_DATA), help="YOLO-format set (default: ../shared/data/coco)")
+    p.add_argument("-o", "--out", required=True, help="output folder: repaired.pt, report.json, heatmap.png, blocks.png")
+    p.add_argument("--model", help="trainable .pt detector to repair (default: the vqp default model)")
+    add_run_args(p)
+    g = p.add_argument_group("repair")
+    g.add_argument("--top-k", type=int, help="number of most vulnerable blocks to fine-tune (default 4)")
+    g.add_argument("--steps", type=int, help="optimizer steps (default 200; quick 12)")
+    g.add_argument("--batch", type=int, help="images per step (default 8)")
+    g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
+    g.add_argument("--seed", type=int, help="seed for the augmentation stream (default 0)")
+    g.add_argument("--extra", nargs="+", metavar="PATH", help="unlabelled images, folders or videos to add (pseudo-labelled)")
+    g.add_argument("--no-compare", action="store_true", help="skip the whole-network fine-tuning baseline")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..repair.pipeline import repair
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise VqpError(f"{out}: exists and is not a folder")
+    with progress_bar("repair") as bar:
+        rep = repair(args.data, out, settings_from_args(args), args.model, bar)
+    print(json.dumps({"checkpoint": rep["checkpoint"], "top_k": rep["top_k"],
+                      "results": {m: {k: v for k, v in r.items() if k != "cells"} for m, r in rep["results"].items()},
+                      "delta": rep["delta"]}, indent=1))
+    return 0

@@ -1,0 +1,1 @@
+"""Detector robustness: the corruption benchmark (mPC/rPC) and DeepRepair/ArchRepair-style repair."""

@@ -1,0 +1,76 @@
+"""Failure-guided augmentation after DeepRepair: train on what breaks the detector, in proportion.
+
+Each training sample is drawn as one of three kinds:
+- clean, so the repair does not forget the clean distribution;
+- degraded by a (corruption, severity) drawn with probability proportional to the mAP the
+  detector lost there in the failure analysis (plus a small floor so nothing is never seen);
+- restyled after a failure sample: the low-frequency Fourier amplitude of a degraded image on
+  which the detector missed objects is transferred onto the clean image (Fourier domain
+  adaptation, Yang and Soatto 2020). This carries global style such as colour cast, contrast,
+  haze and brightness; it cannot carry high-frequency damage such as noise, which the
+  corruption branch covers.
+Horizontal flips (boxes flipped too) are applied to every kind.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .corruptions import degrade
+from .robustness import Failure, Sample
+
+
+def fda(src: np.ndarray, style: np.ndarray, beta: float = 0.05) -> np.ndarray:
+    """``src`` with the low-frequency amplitude spectrum of ``style`` (phase, hence layout, kept)."""
+    h, w = src.shape[:2]
+    if style.shape[:2] != (h, w):
+        style = np.asarray(Image.fromarray(style).resize((w, h), Image.BILINEAR))
+    fs = np.fft.fftshift(np.fft.fft2(src.astype(np.float32), axes=(0, 1)), axes=(0, 1))
+    ft = np.fft.fftshift(np.fft.fft2(style.astype(np.float32), axes=(0, 1)), axes=(0, 1))
+    b = max(1, int(min(h, w) * beta))
+    cy, cx = h // 2, w // 2
+    amp, phase = np.abs(fs), np.angle(fs)
+    amp[cy - b:cy + b + 1, cx - b:cx + b + 1] = np.abs(ft)[cy - b:cy + b + 1, cx - b:cx + b + 1]
+    out = np.fft.ifft2(np.fft.ifftshift(amp * np.exp(1j * phase), axes=(0, 1)), axes=(0, 1)).real
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Policy:
+    """Sampling weights over (corruption, severity) plus failure samples to borrow style from."""
+
+    choices: list[tuple[str, int]]
+    weights: np.ndarray
+    styles: list[np.ndarray] = field(default_factory=list)
+    p_clean: float = 0.2
+    p_style: float = 0.2
+    beta: float = 0.05
+
+    @classmethod
+    def from_failures(cls, clean: float, cells: dict[str, dict[int, float]], failures: Sequence[Failure] = (),
+                      floor: float = 0.02, **kw) -> "Policy":
+        """Weights proportional to the relative mAP drop of each cell of the failure analysis."""
+        choices = [(c, s) for c, sev in cells.items() for s in sev]
+        drop = np.array([max(clean - cells[c][s], 0.0) / max(clean, 1e-9) + floor for c, s in choices])
+        return cls(choices, drop / drop.sum(), [f.rgb for f in failures if f.rgb is not None], **kw)
+
+    def describe(self) -> list[dict]:
+        return [{"corruption": c, "severity": s, "weight": round(float(w), 4)}
+                for (c, s), w in sorted(zip(self.choices, self.weights), key=lambda x: -x[1])]
+
+    def __call__(self, s: Sample, rng: np.random.Generator) -> Sample:
+        rgb, u = s.rgb, rng.random()
+        if u >= self.p_clean + (self.p_style if self.styles else 0):
+            c, sev = self.choices[rng.choice(len(self.choices), p=self.weights)]
+            rgb = degrade(rgb, c, sev, seed=int(rng.integers(2**31)))
+        elif u >= self.p_clean:
+            rgb = fda(rgb, self.styles[rng.integers(len(self.styles))], self.beta)
+        boxes = s.boxes
+        if rng.random() < 0.5:
+            w = rgb.shape[1]
+            rgb = np.ascontiguousarray(rgb[:, ::-1])
+            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1) if len(boxes) else boxes
+        return replace(s, rgb=rgb, boxes=boxes)

@@ -1,0 +1,116 @@
+"""Repair by fine-tuning: only the top-k vulnerable blocks, or the whole network as the baseline.
+
+Targets are pseudo-labels: the original model's confident boxes on the clean image, so any
+unlabelled image or video frame can serve, and the repaired model learns to find on a degraded
+image what the original found on the clean one. Both variants see the same batches in the same
+order (one seeded generator), for the same number of steps: the comparison is at equal budget.
+Frozen blocks get no gradient and keep their BatchNorm in eval mode, so they stay bit-identical.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .robustness import Predictor, Sample, to_tensor
+
+
+def criterion(model: torch.nn.Module):
+    """Ultralytics' detection loss for ``model`` with the default box/cls/dfl gains."""
+    from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    args = model.args if isinstance(model.args, dict) else vars(model.args)
+    saved, model.args = model.args, IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **args})
+    try:
+        return v8DetectionLoss(model)
+    finally:
+        model.args = saved
+
+
+def targets(labels: Sequence[Sample], imgsz: int) -> dict[str, torch.Tensor]:
+    """An Ultralytics training batch's label part: boxes as xywh normalized to the padded square."""
+    idx, cls, boxes = [], [], []
+    for i, s in enumerate(labels):
+        b = torch.from_numpy(np.asarray(s.boxes, np.float32)).reshape(-1, 4)
+        idx.append(torch.full((len(b),), float(i)))
+        cls.append(torch.from_numpy(np.asarray(s.cls, np.float32)).reshape(-1))
+        boxes.append(torch.cat([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], 1) / imgsz)
+    return {"batch_idx": torch.cat(idx), "cls": torch.cat(cls)[:, None], "bboxes": torch.cat(boxes)}
+
+
+def pseudo_labels(model: torch.nn.Module, samples: Sequence[Sample], imgsz: int, conf: float = 0.25) -> list[Sample]:
+    """Replace each sample's labels by the model's own confident detections on the clean image."""
+    preds = Predictor(model, imgsz, conf=conf, multi_label=False)([s.rgb for s in samples])
+    return [replace(s, boxes=p[p[:, 4] >= conf, :4].copy(), cls=p[p[:, 4] >= conf, 5].astype(np.int64))
+            for p, s in zip(preds, samples)]
+
+
+def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, *, blocks: Sequence[int] | None,
+             steps: int, imgsz: int, batch: int = 8, lr: float = 1e-4, seed: int = 0,
+             progress: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
+    """Fine-tune a copy of ``model``: only ``blocks`` (indices into model.model), or all when None.
+
+    ``augment(sample, rng) -> sample`` degrades a training sample (see augment.Policy). Returns
+    the tuned copy (eval mode) and the loss per step.
+    """
+    model = copy.deepcopy(model).float()
+    layers = model.model
+    trainable = set(range(len(layers))) if blocks is None else set(blocks)
+    for k, layer in enumerate(layers):
+        for name, p in layer.named_parameters():
+            p.requires_grad_(k in trainable and not name.startswith("dfl"))  # DFL is a fixed projection
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.1)
+    crit = criterion(model)
+    rng = np.random.default_rng(seed)
+    losses = []
+    for step in range(steps):
+        picks = [augment(train[i], rng) for i in rng.choice(len(train), min(batch, len(train)), replace=False)]
+        model.train()
+        for k, layer in enumerate(layers):
+            if k not in trainable:
+                layer.eval()  # frozen blocks keep their BatchNorm statistics too
+        loss = crit(model(to_tensor([s.rgb for s in picks], imgsz)), targets(picks, imgsz))[0].sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()) / len(picks))
+        if progress:
+            progress(step + 1, steps, f"loss {losses[-1]:.3f}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, losses
+
+
+def save_checkpoint(model: torch.nn.Module, source: str | os.PathLike, dest: str | os.PathLike, note: dict) -> None:
+    """Write ``model`` as an Ultralytics checkpoint (fp16, like its source) that vqp --model loads.
+
+    The source checkpoint supplies the metadata (names, train_args); the file appears atomically.
+    """
+    ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    ckpt.update(model=copy.deepcopy(model).half(), ema=None, optimizer=None, updates=None,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(), repair=note)
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        os.replace(tmp, dest)
+    except BaseException:
+        os.unlink(tmp)
+        raise

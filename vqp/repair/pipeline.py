@@ -1,0 +1,195 @@
+"""The two end-to-end runs behind ``vqp robustness`` and ``vqp repair``.
+
+Protocol: the labelled set is split by image id (first half repairs, second half evaluates),
+repair only ever sees the 15 common corruptions, and evaluation adds the 4 held-out corruptions
+and the codec degradations on images the repair never saw.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import VqpError
+from .augment import Policy
+from .corruptions import CODECS, COMMON, HELD_OUT, QUICK, SEVERITIES, check, degrade
+from .finetune import finetune, pseudo_labels, save_checkpoint
+from .localize import rank_blocks, top_k
+from .report import block_plot, heatmap, table, write_json
+from .robustness import Sample, benchmark, load_model, load_yolo, resize_long, split
+
+log = logging.getLogger("vqp")
+VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".y4m"}
+
+
+@dataclass
+class Settings:
+    """What to run; ``quick()`` is the few-minutes-on-2-cores subset."""
+
+    imgsz: int = 320
+    corruptions: Sequence[str] = COMMON
+    held_out: Sequence[str] = HELD_OUT
+    codecs: Sequence[str] = CODECS
+    severities: Sequence[int] = SEVERITIES
+    limit: int | None = None          # images per half of the split
+    top_k: int = 4
+    steps: int = 200
+    batch: int = 8
+    lr: float = 1e-4
+    compare: bool = True              # also fine-tune the whole network at the same budget
+    seed: int = 0
+    extra: Sequence[str] = field(default_factory=tuple)  # unlabelled images, folders or videos
+    frame_step: int = 10              # every n-th frame of an extra video
+
+    @classmethod
+    def quick(cls, **kw) -> "Settings":
+        base = dict(imgsz=256, corruptions=QUICK, held_out=("speckle_noise", "gaussian_blur"),
+                    codecs=("jpeg_low",), severities=(3,), limit=16, steps=12, batch=8)
+        return cls(**{**base, **kw})
+
+    def check(self) -> None:
+        check(list(self.corruptions) + list(self.held_out) + list(self.codecs), self.severities)
+        leaked = set(self.corruptions) & set(HELD_OUT)
+        if leaked:
+            raise VqpError(f"held-out corruption {sorted(leaked)[0]} cannot be used for repair")
+        if self.imgsz % 32 or not 64 <= self.imgsz <= 1280:
+            raise VqpError(f"imgsz must be a multiple of 32 between 64 and 1280, got {self.imgsz}")
+        for name, v in (("top-k", self.top_k), ("steps", self.steps), ("batch", self.batch)):
+            if v < 1:
+                raise VqpError(f"{name} must be at least 1, got {v}")
+
+
+def groups(st: Settings) -> dict[str, Sequence[str]]:
+    return {g: cs for g, cs in (("common", st.corruptions), ("held_out", st.held_out), ("codecs", st.codecs)) if cs}
+
+
+def summary(res: dict) -> dict:
+    """The headline numbers of one model's benchmark entry."""
+    return {k: round(v, 4) for k, v in res.items() if k == "clean_map" or k.startswith(("mpc_", "rpc_"))}
+
+
+def robustness(data: str | Path, st: Settings, out: str | Path | None = None, model_path: str | None = None,
+               part: str = "all", progress: Callable | None = None) -> dict:
+    """Benchmark one detector; with ``out``, write robustness.json and robustness.png there."""
+    st.check()
+    model, source = load_model(model_path)
+    samples = split(load_yolo(data, st.imgsz), part)[: st.limit]
+    res, _ = benchmark({"model": model}, samples, groups(st), st.severities, st.imgsz, progress=progress)
+    r = res["model"]
+    report = {"model": source, "data": str(data), "part": part, "images": len(samples), "imgsz": st.imgsz,
+              "severities": list(st.severities), **summary(r), "cells": {g: r[g] for g in groups(st)},
+              "per_class": r["per_class"], "clean": r["clean"]}
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(report, out / "robustness.json")
+        heatmap({Path(source).name: {c: v for g in groups(st) for c, v in r[g].items()}}, out / "robustness.png")
+    report["tables"] = {g: table(r[g], r["clean_map"]) for g in groups(st)}
+    return report
+
+
+def load_unlabelled(paths: Sequence[str], imgsz: int, frame_step: int) -> list[Sample]:
+    """Images (files or folders) and video frames (every ``frame_step``-th, via PyAV) without labels."""
+    from PIL import Image
+
+    from .robustness import IMAGE_EXTS
+
+    out = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise VqpError(f"{p}: no such file or folder")
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            if f.suffix.lower() in IMAGE_EXTS:
+                out.append(Sample(f.stem, resize_long(np.asarray(Image.open(f).convert("RGB")), imgsz)[0]))
+            elif f.suffix.lower() in VIDEO_EXTS:
+                import av
+
+                try:
+                    with av.open(str(f)) as c:
+                        for i, fr in enumerate(c.decode(video=0)):
+                            if i % frame_step == 0:
+                                out.append(Sample(f"{f.stem}#{i}", resize_long(fr.to_ndarray(format="rgb24"), imgsz)[0]))
+                except av.error.FFmpegError as e:
+                    raise VqpError(f"{f}: cannot decode video ({e})") from None
+    return out
+
+
+def class_failures(res: dict, names: dict[int, str], group: str = "common") -> list[dict]:
+    """Classes ordered by how much AP50-95 they lose under corruption (failure analysis)."""
+    clean, bad = res["clean"]["per_class"], res["per_class"].get(group, {})
+    rows = [{"class": names.get(c, str(c)), "clean_ap": round(a, 4), "corrupted_ap": round(bad.get(c, 0.0), 4),
+             "drop": round(a - bad.get(c, 0.0), 4)} for c, a in clean.items()]
+    return sorted(rows, key=lambda r: -r["drop"])
+
+
+def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | None = None,
+           progress: Callable | None = None) -> dict:
+    """Failure analysis, block localization, top-k repair (and whole-network baseline), evaluation.
+
+    Writes out/repaired.pt (the block-level repair), out/report.json, out/heatmap.png and
+    out/blocks.png; returns the report.
+    """
+    st.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    step = progress or (lambda *a: None)
+    model, source = load_model(model_path)
+    samples = load_yolo(data, st.imgsz)
+    repair_set, eval_set = split(samples, "repair")[: st.limit], split(samples, "eval")[: st.limit]
+    train = pseudo_labels(model, repair_set + load_unlabelled(st.extra, st.imgsz, st.frame_step), st.imgsz)
+
+    # 1. failure analysis on the repair images, against the model's own clean detections
+    fa, failures = benchmark({"original": model}, train, {"common": st.corruptions}, st.severities, st.imgsz,
+                             keep_failures=32, progress=lambda *a: step("failure analysis", *a))
+    policy = Policy.from_failures(fa["original"]["clean_map"], fa["original"]["common"], failures)
+
+    # 2. localization on clean/corrupted pairs drawn like the repair data
+    rng = np.random.default_rng(st.seed)
+    pairs = train[: min(len(train), 16)]
+    corrupted = [degrade(s.rgb, *policy.choices[rng.choice(len(policy.choices), p=policy.weights)], seed=i)
+                 for i, s in enumerate(pairs)]
+    step("localization", 0, 1, "")
+    blocks = rank_blocks(model, [s.rgb for s in pairs], corrupted, pairs, st.imgsz)
+    chosen = top_k(blocks, st.top_k)
+    step("localization", 1, 1, f"top-{st.top_k}: {chosen}")
+
+    # 3. repair at equal budget
+    kw = dict(steps=st.steps, imgsz=st.imgsz, batch=st.batch, lr=st.lr, seed=st.seed)
+    tuned, losses = {}, {}
+    tuned["block"], losses["block"] = finetune(model, train, policy, blocks=chosen,
+                                               progress=lambda *a: step("repair top-k", *a), **kw)
+    if st.compare:
+        tuned["whole"], losses["whole"] = finetune(model, train, policy, blocks=None,
+                                                   progress=lambda *a: step("whole network", *a), **kw)
+
+    # 4. evaluation on held-out images only
+    ev, _ = benchmark({"original": model, **tuned}, eval_set, groups(st), st.severities, st.imgsz,
+                      progress=lambda *a: step("evaluation", *a))
+    note = {"method": "vqp repair: top-k block fine-tuning", "blocks": chosen, "source": source}
+    save_checkpoint(tuned["block"], source, out / "repaired.pt", note)
+    names = dict(model.names)
+    report = {
+        "model": source, "checkpoint": str(out / "repaired.pt"), "data": str(data), "imgsz": st.imgsz,
+        "severities": list(st.severities), "corruptions": list(st.corruptions), "held_out": list(st.held_out),
+        "codecs": list(st.codecs),
+        "split": {"repair": [s.name for s in repair_set], "eval": [s.name for s in eval_set],
+                  "unlabelled": len(train) - len(repair_set)},
+        "budget": {**kw, "trainable_params": {k: int(sum(p.numel() for i in (chosen if k == "block" else range(len(m.model)))
+                                                          for p in m.model[i].parameters())) for k, m in tuned.items()}},
+        "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
+                             "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
+                             "samples": [{"image": f.name, "corruption": f.corruption, "severity": f.severity,
+                                          "missed": f.missed} for f in failures]},
+        "blocks": blocks, "top_k": chosen, "losses": losses,
+        "results": {m: {**summary(r), "cells": {g: r[g] for g in groups(st)}} for m, r in ev.items()},
+    }
+    report["delta"] = {m: {k: round(v - report["results"]["original"][k], 4) for k, v in summary(ev[m]).items()}
+                       for m in tuned}
+    write_json(report, out / "report.json")
+    heatmap({m: {c: v for g in groups(st) for c, v in r[g].items()} for m, r in ev.items()}, out / "heatmap.png")
+    block_plot(blocks, out / "blocks.png", st.top_k)
+    return report
