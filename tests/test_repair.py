@@ -160,3 +160,26 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     assert main(["image", str(tiny_set / "images" / "000000000009.jpg"), str(tmp_path / "o.jpg"),
                  "--model", str(out / "repaired.pt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["detections"]
+
+
+def test_unlabelled_images_and_video_frames(tmp_path, samples):
+    import av
+    from PIL import Image
+
+    from vqp.repair.pipeline import load_unlabelled
+
+    Image.fromarray(samples[0].rgb).save(tmp_path / "a.png")
+    with av.open(str(tmp_path / "clip.mp4"), "w") as out:
+        s = out.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        for i in range(6):
+            frame = np.full((64, 96, 3), 40 * i, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    got = load_unlabelled([str(tmp_path)], IMGSZ, frame_step=3)
+    assert sorted(s.name for s in got) == ["a", "clip#0", "clip#3"]
+    assert all(max(s.rgb.shape[:2]) <= IMGSZ and not len(s.cls) for s in got)
+    with pytest.raises(VqpError):
+        load_unlabelled([str(tmp_path / "missing")], IMGSZ, 3)
