@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("config", nargs="?", help="YAML run declaration")
     g.add_argument("--quick", action="store_true", help=f"the preset {CONFIGS / 'quick.yaml'} (minutes on 2 cores)")
     g.add_argument("--full", action="store_true", help=f"the preset {CONFIGS / 'full.yaml'} (everything)")
-    p.add_argument("--out", help="output folder (default: the config's 'out', else benchmarks/out/NAME)")
+    p.add_argument("--out", help="output folder (default: the config's 'out', else out/bench/NAME)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "true")

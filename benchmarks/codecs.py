@@ -21,8 +21,9 @@ VIDEO_ENCODERS = ("libx264", "libx265", "mjpeg")
 class Codec:
     """One curve: an encoder, with or without vqp in front, swept over ``grid``.
 
-    ``equal_bytes`` names a plain image codec: vqp then gets that codec's file size at the same grid
-    point as its byte budget (``save_jpeg(target_size=...)``), so both curves meet point by point.
+    ``equal_bytes`` names the plain codec whose file size at the same grid point vqp must not exceed:
+    images pass it as ``save_jpeg(target_size=...)``; clips use vqp.video's ``match_crf`` (a plain
+    encode with the same encoder and options at that CRF), so both curves meet point by point.
     ``anchors`` are the codecs this one's BD-rates are computed against.
     """
 
@@ -43,7 +44,7 @@ class Codec:
         """Name of the grid axis."""
         if self.kind == "image":
             return "bytes_of_" + self.equal_bytes if self.equal_bytes else "quality"
-        return "qscale" if self.encoder == "mjpeg" else "crf"
+        return "quality" if self.encoder == "mjpeg" else "match_crf" if self.equal_bytes else "crf"
 
     def key(self) -> str:
         """Everything that changes this codec's output, for the cache of finished points."""
@@ -99,6 +100,20 @@ def read_frames(path: Path, every: int = 1) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
+def read_frames(path: Path, every: int = 1) -> tuple[list[np.ndarray], float]:
+    """Every ``every``-th decoded frame as RGB, and the frame rate (PyAV)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 25)
+            frames = [f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(s)) if i % every == 0]
+    except av.FFmpegError as e:
+        raise VqpError(f"{path}: cannot decode ({e})") from None
+    return frames, fps
+
+
 def encode_clip(codec: Codec, value, src: Path, dst: Path) -> int:
     """Encode a clip with vqp.video (``preprocess`` on for vqp codecs); returns the frame count."""
     from vqp.video import VideoOptions, encode_video
@@ -106,3 +121,12 @@ def encode_clip(codec: Codec, value, src: Path, dst: Path) -> int:
     stats = encode_video(src, dst, VideoOptions(codec=codec.encoder, crf=value, preprocess=codec.vqp,
                                                 codec_options=dict(codec.options)))
     return stats.frames
+
+
+def encode_clip(codec: Codec, value, src: Path, dst: Path, detector) -> int:
+    """Encode a clip with vqp.video (``preprocess`` on for vqp codecs); returns the frame count."""
+    from vqp.video import VideoOptions, encode_video
+
+    grid = {"mjpeg_quality": int(value)} if codec.encoder == "mjpeg" else {codec.param: float(value)}
+    o = VideoOptions(codec=codec.encoder, preprocess=codec.vqp, codec_options=dict(codec.options), **grid)
+    return encode_video(src, dst, o, detector=detector if codec.vqp else None).frames

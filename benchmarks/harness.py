@@ -60,15 +60,21 @@ def load_config(path: str | Path, out: str | Path | None = None) -> Config:
     names = {c.name for c in codecs}
     if len(names) != len(codecs):
         raise VqpError(f"{path}: codec names must be unique")
+    by = {c.name: c for c in codecs}
     for c in codecs:
         for ref in (*c.anchors, *([c.equal_bytes] if c.equal_bytes else [])):
             if ref not in names:
                 raise VqpError(f"codec {c.name}: refers to unknown codec {ref!r}")
+        base = by.get(c.equal_bytes)
+        if base and (not c.vqp or base.vqp or base.encoder != c.encoder or base.grid != c.grid
+                     or (c.kind == "video" and base.options != c.options)):
+            raise VqpError(f"codec {c.name}: equal_bytes needs a vqp codec and a plain codec {c.equal_bytes!r} "
+                           "with the same encoder, grid (and options for clips)")
     for ds in d["datasets"]:
         if ds.get("kind") not in LOADERS:
             raise VqpError(f"dataset {ds}: kind must be one of {', '.join(LOADERS)}")
     name = d.get("name", path.stem)
-    return Config(name, Path(out or d.get("out") or ROOT / "out" / name), d["datasets"], codecs,
+    return Config(name, Path(out or d.get("out") or ROOT.parent / "out" / "bench" / name), d["datasets"], codecs,
                   d.get("model"), d.get("roi_conf", 0.25), d.get("map_conf", 0.001), d.get("threads", 2))
 
 
@@ -145,10 +151,20 @@ class Runner:
         torch.set_num_threads(max(1, min(2, cfg.threads)))
         self.cache = Cache(cfg.out / "cache.jsonl")
         self.detector = load_detector(cfg.model, conf=cfg.map_conf)
+        self._roi_detector = None
         self.gt: dict[str, dict] = {}     # group -> item -> (boxes, classes, h, w)
         self.records: list[dict] = []
         self.tqdm = tqdm
         self.progress = progress
+
+    @property
+    def roi_detector(self):
+        """The detector as vqp itself runs it (``roi_conf``), loaded on first use by the clips."""
+        if self._roi_detector is None:
+            from vqp.detect import load_detector
+
+            self._roi_detector = load_detector(self.cfg.model, conf=self.cfg.roi_conf)
+        return self._roi_detector
 
     def run(self) -> list[dict]:
         cfg = self.cfg
@@ -227,11 +243,11 @@ class Runner:
             work.mkdir(exist_ok=True)
             src = datasets.excerpt(clip, work / f"{clip.stem}-{dkey}.mkv", spec.get("frames"))
             ref, fps = read_frames(src, every)
-            rois = [_boxes(d, cfg.roi_conf) for d in self.detector(ref)]
+            rois = self.roi_detector(ref)  # objects: the detector on the original frames
             for c, v, key in missing:
                 with tempfile.TemporaryDirectory(dir=work) as tmp:
                     dst = Path(tmp) / ("out.avi" if c.encoder == "mjpeg" else "out.mp4")
-                    n = encode_clip(c, v, src, dst)
+                    n = encode_clip(c, v, src, dst, self.roi_detector)
                     size = dst.stat().st_size
                     out, _ = read_frames(dst, every)
                 if len(out) != len(ref):
@@ -325,6 +341,14 @@ def bd_rates(rows: list[dict], codecs: list[Codec]) -> list[dict]:
                     a = sorted((p[rate], p[m]) for p in base if p.get(m) is not None)
                     row[m] = bd_rate_safe(a, t)
                 out.append(row)
+    # clips: one group per clip, plus the mean over the clips of a dataset
+    per_set: dict = {}
+    for r in out:
+        if "/" in r["group"]:
+            per_set.setdefault((r["group"].split("/")[0], r["codec"], r["anchor"]), []).append(r)
+    for (ds, codec, anchor), rs in per_set.items():
+        out.append({"group": f"{ds} (mean of {len(rs)})", "codec": codec, "anchor": anchor,
+                    **{m: _nanmean([r.get(m) for r in rs]) for m in metrics}})
     return out
 
 

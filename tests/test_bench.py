@@ -96,3 +96,29 @@ def test_bad_config(tmp_path, capsys, text, msg):
 def test_missing_config(tmp_path, capsys):
     assert main([str(tmp_path / "nope.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+def test_clip_points(tmp_path):
+    """Clips: a lossless excerpt is encoded by vqp.video, decoded with PyAV and measured per frame."""
+    p = tmp_path / "clip.yaml"
+    p.write_text("""
+datasets:
+  - {name: clips, kind: clips, only: [akiyo_cif], frames: 6, every: 3}
+grid:
+  video: [30, 44]
+codecs:
+  - {name: x264, encoder: libx264}
+  - {name: vqp+x264, encoder: libx264, vqp: true, anchors: [x264]}
+""")
+    cfg = harness.load_config(p, tmp_path / "run")
+    runner = harness.Runner(cfg, progress=False)
+    recs = runner.run()
+    assert len(recs) == 4 and {r["group"] for r in recs} == {"clips/akiyo_cif"}
+    for r in recs:
+        assert r["frames"] == 6 and r["kbps"] == pytest.approx(r["bytes"] * 8 / (6 / 25) / 1000)
+        assert 20 < r["psnr_full"] < 60 and 0 < r["msssim_obj_det"] <= 1
+    plain = {r["value"]: r for r in recs if r["codec"] == "x264"}
+    assert plain[30]["bytes"] > plain[44]["bytes"] and plain[30]["psnr_full"] > plain[44]["psnr_full"]
+    rows = harness.summarize(recs, runner.gt)
+    bd = harness.bd_rates(rows, cfg.codecs)
+    assert [b["psnr_full"] for b in bd] == [None, None]  # 2 points per curve: no BD-rate, not a made-up one
