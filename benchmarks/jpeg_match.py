@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from vqp.detect import load_detector
 from vqp.imageio import Picture
-from vqp.jpeg import get_encoder, save_jpeg
+from vqp.jpeg import BACKGROUND_WEIGHT, get_encoder, save_jpeg
+from vqp.roi import ROI_CONF
 from vqp.metrics import region_scores
 
 from . import datasets
@@ -38,9 +39,9 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def run(dataset: str, qualities, encoders, limit=None, model=None) -> list[dict]:
+def run(dataset: str, qualities, encoders, limit=None, model=None, background_weight=BACKGROUND_WEIGHT) -> list[dict]:
     samples = datasets.coco(limit) if dataset == "coco" else datasets.kodak(limit)
-    det = load_detector(model)
+    det = load_detector(model, conf=ROI_CONF)
     dets = [det([s.rgb])[0] for s in tqdm(samples, desc="detect", leave=False)]
     rows = []
     for enc_name in encoders:
@@ -50,7 +51,8 @@ def run(dataset: str, qualities, encoders, limit=None, model=None) -> list[dict]
                 boxes = s.boxes or [(b.x1, b.y1, b.x2, b.y2) for b in d.boxes]
                 plain = enc.encode(s.rgb, q)
                 t0 = time.perf_counter()
-                r = save_jpeg(Picture(s.rgb), match_quality=q, encoder=enc_name, detections=d)
+                r = save_jpeg(Picture(s.rgb), match_quality=q, encoder=enc_name, detections=d,
+                              background_weight=background_weight)
                 dt = time.perf_counter() - t0
                 sp, sv = region_scores(s.rgb, _decode(plain), boxes), region_scores(s.rgb, _decode(r.data), boxes)
                 rows.append({"image": s.name, "encoder": enc_name, "q": q, "plain_bytes": len(plain),
@@ -98,9 +100,10 @@ def main() -> None:
     ap.add_argument("--encoder", nargs="+", default=["pillow", "jpegli"])
     ap.add_argument("--limit", type=int)
     ap.add_argument("--model")
+    ap.add_argument("--background-weight", type=float, default=BACKGROUND_WEIGHT)
     ap.add_argument("--out", help="JSON file for per-image rows and the summary")
     a = ap.parse_args()
-    rows = run(a.dataset, a.q, a.encoder, a.limit, a.model)
+    rows = run(a.dataset, a.q, a.encoder, a.limit, a.model, a.background_weight)
     summary = summarize(rows)
     print(markdown(summary))
     if a.out:

@@ -33,6 +33,9 @@ from .types import Detections
 LADDER = (QuantParams(2, 64), QuantParams(3, 28), QuantParams(4, 15), QuantParams(6, 10),
           QuantParams(8, 6), QuantParams(12, 3), QuantParams(16, 1), QuantParams(24, 1, dc_strength=4))
 DEFAULT_QUALITY = 75
+# Share of background PSNR in the search score: 0.1 gave up ~0.25 dB of object gain for ~1.4 dB
+# less background loss on coco128 (benchmarks/RESULTS.md).
+BACKGROUND_WEIGHT = 0.1
 
 
 class Encoder(Protocol):
@@ -137,6 +140,11 @@ class JpegResult:
                 "detections": [b.to_dict() for b in self.detections.boxes]}
 
 
+def _wpsnr(err: torch.Tensor, w: torch.Tensor) -> float:
+    mse = float((err * w).sum() / w.sum().clamp(min=1e-9))
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+
+
 class _Search:
     """Holds one image's prepared DCT and answers 'size and object error at (quality, params)'."""
 
@@ -160,11 +168,13 @@ class _Search:
             self._cache[key] = self.enc.encode(np.ascontiguousarray(rgb), quality, self.pic.exif, self.pic.icc)
         return self._cache[key]
 
-    def object_psnr(self, data: bytes) -> float:
-        """Importance-weighted PSNR-Y of the decoded file against the original."""
+    def score(self, data: bytes, background_weight: float) -> tuple[float, float]:
+        """(search score, object PSNR-Y): PSNR-Y weighted by importance, plus a small share of the
+        background's PSNR-Y so that marginal object gains do not buy a wrecked background."""
         dec = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        err = ((luma(dec) - self.y) ** 2 * self.weight).sum() / self.weight.sum().clamp(min=1e-9)
-        return float("inf") if err == 0 else 10 * math.log10(255 ** 2 / float(err))
+        err = (luma(dec) - self.y) ** 2
+        obj = _wpsnr(err, self.weight)
+        return obj + background_weight * _wpsnr(err, 1 - self.weight), obj
 
     def best_quality(self, params: QuantParams | None, budget: int, lo: int, hi: int = 100) -> int | None:
         """Largest quality in [lo, hi] whose file fits the budget (size grows with quality)."""
@@ -183,14 +193,16 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
               target_size: int | None = None, encoder: str = "pillow", detector: Detector | None = None,
               model: str | None = None, classes: Sequence[str | int] | None = None, conf: float = ROI_CONF,
               roi: RoiConfig = RoiConfig(), ladder: Sequence[QuantParams] = LADDER,
-              device: str | None = None, detections: Detections | None = None) -> JpegResult:
+              device: str | None = None, detections: Detections | None = None,
+              background_weight: float = BACKGROUND_WEIGHT) -> JpegResult:
     """Encode an image (path, bytes, PIL image or Picture) as JPEG with object-aware quantization.
 
     Exactly one of ``quality`` (fixed encoder quality, gentlest ladder step), ``match_quality``
     (no larger than plain JPEG at that quality) or ``target_size`` (bytes) may be given; the
     default is ``match_quality=75``. ``dest`` (a path or a binary file object) is optional;
     paths are written atomically. ``detections`` skips the detector (e.g. when a service has
-    already run it on a micro-batch of requests).
+    already run it on a micro-batch of requests). ``background_weight`` trades object quality
+    for background quality in the search (0 = objects only).
     """
     modes = [m for m in (quality, match_quality, target_size) if m is not None]
     if len(modes) > 1:
@@ -226,9 +238,9 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
             if q is None:
                 continue
             data = search.encode(q, params)
-            score = search.object_psnr(data) if active else 0.0
+            score, obj = search.score(data, background_weight) if active else (0.0, 0.0)
             tried.append({"quality": q, "strength": params.strength if params else 1,
-                          "keep": params.keep if params else 64, "bytes": len(data), "object_psnr": round(score, 3)})
+                          "keep": params.keep if params else 64, "bytes": len(data), "object_psnr": round(obj, 3)})
             if best is None or (score, -len(data)) > (best[0], -len(best[1].data)):
                 best = (score, JpegResult(data, q, params, dets, budget if ref is not None else None, ref))
         if best is None:

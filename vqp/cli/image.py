@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import VqpError
+from ..jpeg import BACKGROUND_WEIGHT
 from ..roi import ROI_CONF
 from . import add_detector_args, add_roi_args, detector_from_args, roi_from_args
 
@@ -22,6 +23,8 @@ def register(sub) -> None:
     m.add_argument("--quality", type=int, metavar="Q", help="fixed encoder quality Q (smaller than plain at Q)")
     m.add_argument("--target-size", type=int, metavar="BYTES", help="no larger than BYTES, best objects")
     p.add_argument("--encoder", default="pillow", choices=["pillow", "jpegli"], help="JPEG encoder (default pillow)")
+    p.add_argument("--background-weight", type=float, default=BACKGROUND_WEIGHT, metavar="W",
+                   help=f"share of background quality in the search, 0 = objects only (default {BACKGROUND_WEIGHT})")
     p.add_argument("--json", action="store_true", help="print one JSON line per file")
     add_roi_args(p)
     add_detector_args(p, conf=ROI_CONF)
@@ -63,7 +66,7 @@ def run(args) -> int:
                 dst.parent.mkdir(parents=True, exist_ok=True)
             r = save_jpeg(src, dst, quality=args.quality, match_quality=args.match_quality,
                           target_size=args.target_size, encoder=args.encoder, detector=det, roi=roi,
-                          device=args.device)
+                          device=args.device, background_weight=args.background_weight)
         except VqpError as e:
             if not many:
                 raise
