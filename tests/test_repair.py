@@ -156,6 +156,7 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     assert rep["budget"]["trainable_params"]["block"] < rep["budget"]["trainable_params"]["whole"]
     assert {"mpc_common", "rpc_common", "mpc_held_out", "clean_map"} <= set(rep["results"]["block"])
     assert (out / "heatmap.png").exists() and (out / "blocks.png").exists()
+    assert len(list((out / "failures").glob("*.png"))) == len(rep["failure_analysis"]["samples"])
     capsys.readouterr()
     assert main(["image", str(tiny_set / "images" / "000000000009.jpg"), str(tmp_path / "o.jpg"),
                  "--model", str(out / "repaired.pt"), "--json"]) == 0

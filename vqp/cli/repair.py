@@ -78,7 +78,7 @@ def settings_from_args(args):
 def register(sub) -> None:
     p = sub.add_parser("repair", help="harden the detector against corruptions (writes a repaired checkpoint)")
     p.add_argument("data", nargs="?", default=str(DEFAULT_DATA), help="YOLO-format set (default: ../shared/data/coco)")
-    p.add_argument("-o", "--out", required=True, help="output folder: repaired.pt, report.json, heatmap.png, blocks.png")
+    p.add_argument("-o", "--out", required=True, help="output folder: repaired.pt, report.json, heatmap.png, blocks.png, failures/")
     p.add_argument("--model", help="trainable .pt detector to repair (default: the vqp default model)")
     add_run_args(p)
     g = p.add_argument_group("repair")

@@ -6,7 +6,6 @@ and the codec degradations on images the repair never saw.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,7 +20,6 @@ from .localize import rank_blocks, top_k
 from .report import block_plot, heatmap, table, write_json
 from .robustness import Sample, benchmark, load_model, load_yolo, resize_long, split
 
-log = logging.getLogger("vqp")
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".y4m"}
 
 
@@ -66,6 +64,11 @@ def groups(st: Settings) -> dict[str, Sequence[str]]:
     return {g: cs for g, cs in (("common", st.corruptions), ("held_out", st.held_out), ("codecs", st.codecs)) if cs}
 
 
+def panel(res: dict, st: Settings) -> dict[str, dict[int, float]]:
+    """One model's heat-map rows: clean first, then every degradation."""
+    return {"clean": {s: res["clean_map"] for s in st.severities}, **{c: v for g in groups(st) for c, v in res[g].items()}}
+
+
 def summary(res: dict) -> dict:
     """The headline numbers of one model's benchmark entry."""
     return {k: round(v, 4) for k, v in res.items() if k == "clean_map" or k.startswith(("mpc_", "rpc_"))}
@@ -86,7 +89,7 @@ def robustness(data: str | Path, st: Settings, out: str | Path | None = None, mo
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(report, out / "robustness.json")
-        heatmap({Path(source).name: {c: v for g in groups(st) for c, v in r[g].items()}}, out / "robustness.png")
+        heatmap({Path(source).name: panel(r, st)}, out / "robustness.png")
     report["tables"] = {g: table(r[g], r["clean_map"]) for g in groups(st)}
     return report
 
@@ -118,6 +121,21 @@ def load_unlabelled(paths: Sequence[str], imgsz: int, frame_step: int) -> list[S
     return out
 
 
+def save_failures(failures: Sequence, folder: Path) -> None:
+    """The failure samples as PNGs named image_corruption_severity_missed.png, for a human to look at."""
+    import io
+
+    from PIL import Image
+
+    from ..imageio import write_atomic
+
+    folder.mkdir(exist_ok=True)
+    for f in failures:
+        buf = io.BytesIO()
+        Image.fromarray(f.rgb).save(buf, "PNG")
+        write_atomic(folder / f"{f.name}_{f.corruption}_s{f.severity}_missed{f.missed}.png", buf.getvalue())
+
+
 def class_failures(res: dict, names: dict[int, str], group: str = "common") -> list[dict]:
     """Classes ordered by how much AP50-95 they lose under corruption (failure analysis)."""
     clean, bad = res["clean"]["per_class"], res["per_class"].get(group, {})
@@ -130,8 +148,8 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
            progress: Callable | None = None) -> dict:
     """Failure analysis, block localization, top-k repair (and whole-network baseline), evaluation.
 
-    Writes out/repaired.pt (the block-level repair), out/report.json, out/heatmap.png and
-    out/blocks.png; returns the report.
+    Writes out/repaired.pt (the block-level repair), out/report.json, out/heatmap.png,
+    out/blocks.png and the failure samples in out/failures/; returns the report.
     """
     st.check()
     out = Path(out)
@@ -189,7 +207,8 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     }
     report["delta"] = {m: {k: round(v - report["results"]["original"][k], 4) for k, v in summary(ev[m]).items()}
                        for m in tuned}
+    save_failures(failures, out / "failures")
     write_json(report, out / "report.json")
-    heatmap({m: {c: v for g in groups(st) for c, v in r[g].items()} for m, r in ev.items()}, out / "heatmap.png")
+    heatmap({m: panel(r, st) for m, r in ev.items()}, out / "heatmap.png")
     block_plot(blocks, out / "blocks.png", st.top_k)
     return report

@@ -7,7 +7,6 @@ Every degraded set is made once and scored by every model, so models compare on 
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +20,6 @@ from ..errors import VqpError
 from ..types import Box, Detections
 from .corruptions import check, degrade
 
-log = logging.getLogger("vqp")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 IOUV = torch.linspace(0.5, 0.95, 10)
 
