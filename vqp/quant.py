@@ -97,6 +97,11 @@ def idct2(c: torch.Tensor) -> torch.Tensor:
     return (c.reshape(-1, 64) @ DCT64.to(c.device)).reshape(c.shape)
 
 
+def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 3x3 colour matrix to (N, 3, H, W) as one batched matmul (no permute copies)."""
+    return (m.to(x.device) @ x.flatten(2)).view_as(x)
+
+
 @dataclass
 class Prepared:
     """A batch converted once to padded YCbCr planes and DCT coefficients, reused per candidate."""
@@ -119,7 +124,7 @@ def prepare(rgb: torch.Tensor, subsampling: str = "4:2:0") -> Prepared:
     x = rgb.float()
     if ph or pw:  # libjpeg pads by repeating the last row and column
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    ycc = torch.einsum("ij,njhw->nihw", RGB2YCC.to(x.device), x) + OFFSET.to(x.device)[None, :, None, None]
+    ycc = _mix(RGB2YCC, x) + OFFSET.to(x.device)[None, :, None, None]
     chroma = F.avg_pool2d(ycc[:, 1:], sub) if sub > 1 else ycc[:, 1:]
     return Prepared(rgb, ycc, dct2(blockify(ycc[:, :1] - 128)), dct2(blockify(chroma - 128)), sub)
 
@@ -153,7 +158,7 @@ def requantize(prep: Prepared, importance: torch.Tensor, tables: torch.Tensor,
     keep_y = (imp == 1).repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None]
     keep_c = (imp_c == 1).repeat_interleave(8 * sub, 1).repeat_interleave(8 * sub, 2)[:, None]
     ycc = torch.cat([torch.where(keep_y, prep.ycc[:, :1], y), torch.where(keep_c, prep.ycc[:, 1:], c)], 1)
-    out = torch.einsum("ij,njhw->nihw", YCC2RGB.to(ycc.device), ycc - OFFSET.to(ycc.device)[None, :, None, None])
+    out = _mix(YCC2RGB, ycc - OFFSET.to(ycc.device)[None, :, None, None])
     out = torch.clamp(torch.round(out), 0, 255).to(torch.uint8)[:, :, :h, :w]
     untouched = (keep_y & keep_c)[:, :, :h, :w]
     out = torch.where(untouched, rgb, out)
