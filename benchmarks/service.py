@@ -109,6 +109,30 @@ async def load(url: str, endpoint: str, bodies: list[bytes], concurrency: int, r
             **{f"{k}_ms": round(float(np.mean(v)), 1) for k, v in stages.items()}}
 
 
+def scaling(bodies: list[bytes], sizes=(1, 2, 4, 8, 16, 32), frames: int = 32) -> list[dict]:
+    """In-process, no HTTP: detector ms per frame by batch size, and save_jpeg's search per image."""
+    from vqp.detect import load_detector
+    from vqp.imageio import load_image
+    from vqp.jpeg import save_jpeg
+
+    pics = [load_image(b) for b in bodies]
+    det = load_detector(batch=max(sizes))
+    det([p.rgb for p in pics[:2]])  # warm up
+    rows = []
+    for n in sizes:
+        t = time.perf_counter()
+        for i in range(0, frames, n):
+            det([pics[(i + k) % len(pics)].rgb for k in range(n)])
+        rows.append({"batch": n, "detector_ms_per_frame": round(1000 * (time.perf_counter() - t) / frames, 1)})
+    dets = det([p.rgb for p in pics[:8]])
+    for kw in ({"match_quality": 75}, {"quality": 75}):
+        t = time.perf_counter()
+        for p, d in zip(pics[:8], dets):
+            save_jpeg(p, detections=d, **kw)
+        rows.append({"save_jpeg": kw, "ms_per_image": round(1000 * (time.perf_counter() - t) / 8, 1)})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoint", nargs="+", default=["detect", "jpeg"], choices=["detect", "jpeg"])
@@ -118,9 +142,14 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=96, help="requests per run (at least 4 per client)")
     p.add_argument("--jpeg-params", default="match_quality=75", help="query string for /v1/jpeg")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "service.json")
+    p.add_argument("--scaling", action="store_true", help="only time the detector by batch size and save_jpeg, in process")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     bodies = images()
+    if a.scaling:
+        for row in scaling(bodies):
+            print(json.dumps(row), flush=True)
+        return 0
     jpeg_params = dict(kv.split("=", 1) for kv in a.jpeg_params.split("&") if kv)
     tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))
     servers = {b: Server(b, a.max_wait_ms, tmp / f"jobs{b}", tmp / f"server{b}.log") for b in a.max_batch}

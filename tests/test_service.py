@@ -283,7 +283,7 @@ def test_video_job_lifecycle(server, clip, tmp_path):
     assert r.status_code == 422 and "empty" in r.json()["error"]
 
 
-def test_jobs_survive_restart_and_queue_limit(tmp_path, clip):
+def test_jobs_survive_restart_and_limits(tmp_path, clip, bus_path):
     """Jobs left running by a crash resume (or fail with the reason); a killed server loses no job."""
     from vqp.service.jobs import JobStore
 
@@ -302,7 +302,7 @@ def test_jobs_survive_restart_and_queue_limit(tmp_path, clip):
     orphan, _ = store.new_folder()  # an upload cut off by the crash
     store.db.close()
 
-    flags = ("--jobs-dir", str(jobs), "--max-batch", "1", "--queue-size", "1")
+    flags = ("--jobs-dir", str(jobs), "--max-batch", "1", "--queue-size", "1", "--max-jobs", "1")
     s = Server(tmp_path, *flags)
     try:
         c = s.client
@@ -328,9 +328,11 @@ def test_jobs_survive_restart_and_queue_limit(tmp_path, clip):
         job_id = c.post("/v1/jobs", params={"detect_every": 1}, content=long_clip,
                         headers={"Content-Type": "video/mp4"}).json()["id"]
         assert 0 < wait_started(c, job_id)["progress"] < 1
+        r = c.post("/v1/jobs", content=long_clip, headers={"Content-Type": "video/mp4"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "10" and "jobs are queued or running" in r.text
     finally:
         s.stop(kill=True)
-    s = Server(tmp_path, *flags)
+    s = Server(tmp_path, *flags, "--timeout", "0.05")
     try:
         c = s.client
         job = wait_job(c, job_id)
@@ -347,5 +349,10 @@ def test_jobs_survive_restart_and_queue_limit(tmp_path, clip):
         while (jobs / job_id).exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not (jobs / job_id).exists()
+
+        # an image request over the time limit answers 504 (jobs have no such limit)
+        r = c.post("/v1/jpeg", content=bus_path.read_bytes(), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 504 and "longer than 0.05 s" in r.json()["error"]
+        assert c.get("/readyz").status_code == 200
     finally:
         s.stop()

@@ -125,20 +125,20 @@ class Service:
 
     def decode(self, data: bytes) -> Picture:
         """load_image, with pixel limits answered as 413 (checked from the header, before decoding)."""
-        limit, size = self.settings.max_pixels, ""
+        limit, over = self.settings.max_pixels, ""
         try:
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > limit:
-                    size = f"{im.width}x{im.height} "
+                    over = f"image of {im.width}x{im.height} pixels"
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             # Pillow's own bomb check (its warning is an error while another thread is inside
             # load_image, whose warnings filter is process-wide): over the limit either way
-            size = "huge "
+            over = "image"
         except Exception:  # not an image: load_image below gives the one-line reason
             pass
-        if size:
+        if over:
             self.metrics.rejected.labels("too_many_pixels").inc()
-            raise HTTPException(413, f"image of {size}pixels is over the limit of {limit:,} pixels")
+            raise HTTPException(413, f"{over} is over the limit of {limit:,} pixels")
         return load_image(data, max_pixels=limit)
 
 
@@ -343,7 +343,8 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         """Upload a video; query parameters are vqp.video.VideoOptions fields. Answers 202 with the job."""
         s = svc(request)
         opts = video_options(dict(request.query_params))
-        if s.store.counts()["queued"] + s.store.counts()["running"] >= settings.max_jobs:
+        counts = s.store.counts()
+        if counts["queued"] + counts["running"] >= settings.max_jobs:  # refuse before the upload is read
             s.metrics.rejected.labels("jobs_full").inc()
             raise HTTPException(503, f"{settings.max_jobs} jobs are queued or running; retry later", {"Retry-After": "10"})
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
