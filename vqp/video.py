@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
@@ -426,41 +426,34 @@ class Frame:
 class Pipeline:
     """Decode -> boxes (detector every N frames + tracker, or cached) -> quantized planes, in chunks."""
 
-    def __init__(self, reader: Reader, o: VideoOptions, detector, cache: list[list[Box]] | None,
-                 on_audio: Callable | None = None):
-        self.reader, self.o, self.detector, self.cache = reader, o, detector, cache
+    def __init__(self, frames: Iterator[av.VideoFrame], name: str, o: VideoOptions, detector,
+                 cache: list[list[Box]] | None = None, fmt: str | None = None):
+        self.o, self.detector, self.cache = o, detector, cache
         self.codec = CODECS[o.codec]
-        self.on_audio = on_audio
         self.boxes: list[list[Box]] = []  # every frame's boxes, for reuse by later passes
         self.with_detections = 0
-        self.first: av.VideoFrame | None = None
-        self._frames = reader.frames(self._audio if on_audio else None)
-        self._early_audio: list[av.Packet] = []
-        try:
-            self.first = next(self._frames)
-        except StopIteration:
-            raise VqpError(f"{reader.path}: no video frames could be decoded") from None
+        self._frames = frames
+        self.first = next(self._frames, None)
+        if self.first is None:
+            raise VqpError(f"{name}: no video frames could be decoded")
         f = self.first
         is444 = f.format.name in ("yuv444p", "yuvj444p", "gbrp", "rgb24", "bgr24") and self.codec.fmt444
-        self.fmt = self.codec.fmt444 if is444 else self.codec.fmt420
+        self.fmt = fmt or (self.codec.fmt444 if is444 else self.codec.fmt420)
         even = 1 if is444 else 2
         self.width, self.height = f.width - f.width % even, f.height - f.height % even
         if (self.width, self.height) != (f.width, f.height):
             log.warning("vqp: %dx%d cropped to %dx%d for 4:2:0 chroma", f.width, f.height, self.width, self.height)
         if self.width < 16 or self.height < 16:
-            raise VqpError(f"{reader.path}: frame size {f.width}x{f.height} is too small (at least 16x16)")
+            raise VqpError(f"{name}: frame size {f.width}x{f.height} is too small (at least 16x16)")
         self.rotation = int(round(f.rotation or 0))
         self.tracker = Tracker(o.track)
         self.last_run: dict | None = None
         if o.codec == "mjpeg":
-            self.tables = _jpeg_tables(o, self.fmt)
+            self.tables = _jpeg_tables(o, self.codec.fmt444 if self.fmt.endswith("444p") else self.codec.fmt420)
         else:
             self.tables = annex_k_tables(o.quality)
         self.params = QuantParams(o.strength, o.keep, o.dc_strength)
         self.holder = Holder(o.hold if self.codec.inter else 0.0)
-
-    def _audio(self, packet):
-        self.on_audio(packet)
 
     def __iter__(self) -> Iterator[Frame]:
         o, w, h = self.o, self.width, self.height
@@ -619,12 +612,16 @@ def encode_video(src: str | os.PathLike, dst: str | os.PathLike, options: VideoO
         if o.two_pass:
             stats_file = _temp_path(dst)
             cache = _first_pass(src, o, detector, stats_file)
-        for attempt in range(4):
+        while True:
             st, cache = _encode(src, dst, o, detector, cache, crf, progress, stats_file,
                                 plain_crf if plain_crf is not None else (crf if o.measure_plain else None))
-            if o.match_crf is None or st.bytes <= st.plain_bytes or attempt == 3 or crf >= o.match_crf:
+            if o.match_crf is None or st.bytes <= st.plain_bytes or not o.preprocess:
                 break
-            crf = min(o.match_crf, crf + 1)  # the sample under-estimated the clip: step back towards C
+            if crf < o.match_crf:  # the sample under-estimated the clip: step back towards C
+                crf = min(o.match_crf, crf + 1)
+            else:  # preprocessing costs bits here (e.g. a panning camera): the plain encode is the answer
+                log.warning("vqp: %s: preprocessing does not pay on this clip; writing the plain encode", src)
+                o = replace(o, preprocess=False)
     finally:
         if stats_file:
             for f in (stats_file, stats_file + ".mbtree", stats_file + ".temp", stats_file + ".mbtree.temp"):
@@ -651,7 +648,7 @@ def _encode(src, dst: Path, o: VideoOptions, detector, cache, crf, progress, sta
         early.append(packet) if writer is None else writer.add_audio(packet)
 
     try:
-        pipe = Pipeline(reader, o, detector, cache, on_audio=audio)
+        pipe = Pipeline(reader.frames(audio), str(src), o, detector, cache)
         w, h, fmt = pipe.width, pipe.height, pipe.fmt
         flags = av.codec.context.Flags.pass2 if stats_file else 0
         writer = Writer(tmp, o, fmt, w, h, reader, crf, pipe.rotation, flags, stats_file)
@@ -710,7 +707,7 @@ def _first_pass(src, o: VideoOptions, detector, stats_file: str) -> list[list[Bo
     """x264's first pass over the preprocessed stream; returns the boxes for the second pass."""
     reader = Reader(src)
     try:
-        pipe = Pipeline(reader, o, detector, None)
+        pipe = Pipeline(reader.frames(), str(src), o, detector)
         enc = _counter(o, pipe.fmt, pipe.width, pipe.height, reader.time_base, reader.rate, None,
                        flags=av.codec.context.Flags.pass1, stats=stats_file)
         for fr in pipe:
@@ -727,7 +724,7 @@ def _match_crf(src, o: VideoOptions, detector) -> float:
     The sample is the clip's first ``match_sample`` frames, preprocessed once and kept in memory."""
     reader = Reader(src)
     try:
-        pipe = Pipeline(reader, o, detector, None)
+        pipe = Pipeline(reader.frames(), str(src), o, detector)
         sample = []
         for fr in pipe:
             sample.append(fr)
@@ -744,9 +741,11 @@ def _match_crf(src, o: VideoOptions, detector) -> float:
         return enc(None)
 
     target = size(o.match_crf, "src")
-    lo, hi = max(0.0, o.match_crf - 12), float(o.match_crf)  # hi always fits: preprocessing only removes detail
+    lo, hi = max(0.0, o.match_crf - 12), float(o.match_crf)
     if size(lo, "out") <= target:
         return lo
+    if size(hi, "out") > target:  # even C does not fit; encode_video falls back to plain if the clip agrees
+        return hi
     while hi - lo > 0.5:
         mid = math.floor(lo + hi) / 2
         if size(mid, "out") <= target:

@@ -10,7 +10,7 @@ import sys
 from ..errors import VqpError
 
 # subcommand modules; each has register(subparsers) and sets func(args) -> int
-COMMANDS = ("detect", "image", "serve", "robustness", "repair")
+COMMANDS = ("detect", "image", "serve", "robustness", "repair", "encode", "filter")
 
 
 def build_parser() -> argparse.ArgumentParser:

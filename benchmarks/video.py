@@ -1,0 +1,175 @@
+"""Video benchmark (issue 3): vqp encode against plain encodes of the same clips.
+
+quality: for each clip excerpt and bitrate, plain x264 and vqp x264 at the same target bitrate
+(both through vqp.video.encode_video, two-pass unless --abr), then MJPEG at matched size (vqp at
+the best qscale whose size is no larger than plain at --mjpeg-q). PSNR-Y and MS-SSIM of the luma
+plane inside the detector's boxes on the ORIGINAL frames, outside them and over the full frame.
+speed: wall time of `vqp encode` with default settings against a plain encode, back to back.
+
+    python benchmarks/video.py quality --frames 120 --json benchmarks/video_quality.json
+    python benchmarks/video.py speed --frames 240
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.datasets import clips  # noqa: E402
+from vqp.detect import load_detector  # noqa: E402
+from vqp.metrics import box_mask, msssim, psnr  # noqa: E402
+from vqp.video import VideoOptions, detect_clip, encode_video  # noqa: E402
+
+
+def excerpt(src: Path, frames: int, folder: Path) -> Path:
+    """The first ``frames`` frames, nearly lossless (x264 crf 10), so every encoder sees the same input."""
+    dst = folder / f"{src.stem}_{frames}.mp4"
+    with av.open(str(src)) as ic, av.open(str(dst), "w") as oc:
+        vs = ic.streams.video[0]
+        rate = vs.average_rate or 25
+        os_ = oc.add_stream("libx264", rate=rate)
+        os_.width, os_.height, os_.pix_fmt = vs.width - vs.width % 2, vs.height - vs.height % 2, "yuv420p"
+        os_.options = {"crf": "10", "preset": "veryfast"}
+        for i, f in enumerate(ic.decode(vs)):
+            if i >= frames:
+                break
+            g = f.reformat(width=os_.width, height=os_.height, format="yuv420p")
+            g.pts, g.time_base = i, 1 / Fraction(rate)
+            for p in os_.encode(g):
+                oc.mux(p)
+        for p in os_.encode():
+            oc.mux(p)
+    return dst
+
+
+def luma(path: Path) -> list[torch.Tensor]:
+    with av.open(str(path)) as c:
+        return [torch.from_numpy(f.to_ndarray(format="gray")) for f in c.decode(video=0)]
+
+
+def scores(ref: list[torch.Tensor], out: list[torch.Tensor], dets, msssim_every: int = 2) -> dict[str, float]:
+    """Per-frame PSNR-Y averaged over frames, inside/outside the original frames' boxes; MS-SSIM on every k-th."""
+    acc: dict[str, list[float]] = {}
+    for i, (a, b, d) in enumerate(zip(ref, out, dets)):
+        boxes = [(x.x1, x.y1, x.x2, x.y2) for x in d.boxes]
+        m = box_mask(boxes, *a.shape)
+        vals = {"psnr_full": psnr(a, b)}
+        if m.any():
+            vals["psnr_obj"] = psnr(a, b, m)
+        if (~m).any():
+            vals["psnr_bg"] = psnr(a, b, ~m)
+        if i % msssim_every == 0:
+            vals["msssim_full"] = msssim(a, b)
+            objs = [(msssim(a[int(y1):math.ceil(y2), int(x1):math.ceil(x2)], b[int(y1):math.ceil(y2), int(x1):math.ceil(x2)]),
+                     (x2 - x1) * (y2 - y1)) for x1, y1, x2, y2 in boxes if x2 - x1 >= 2 and y2 - y1 >= 2]
+            objs = [(s, w) for s, w in objs if not math.isnan(s)]
+            if objs:
+                vals["msssim_obj"] = sum(s * w for s, w in objs) / sum(w for _, w in objs)
+            if (~m).any():
+                vals["msssim_bg"] = msssim(a, torch.where(m, a, b))
+        for k, v in vals.items():
+            if not math.isinf(v):
+                acc.setdefault(k, []).append(v)
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def run_quality(args) -> list[dict]:
+    det = load_detector(imgsz=args.imgsz)
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))
+    base = VideoOptions(**json.loads(args.set or "{}"))
+    for clip in [c for c in clips() if not args.clips or any(k in c.name for k in args.clips.split(","))]:
+        src = excerpt(clip, args.frames, tmp)
+        ref = luma(src)
+        dets = detect_clip(src, det)  # the honest object region: boxes on the original frames, every frame
+        with av.open(str(src)) as c:
+            s = c.streams.video[0]
+            pix_rate = s.width * s.height * float(s.average_rate)
+        for bpp in args.bpp:
+            bitrate = int(bpp * pix_rate)
+            row = {"clip": clip.stem, "frames": len(ref), "codec": "libx264", "target_kbps": bitrate / 1000}
+            for name, o in (("plain", replace(base, preprocess=False)), ("vqp", base)):
+                o = replace(o, bitrate=bitrate, two_pass=not args.abr, crf=None)
+                out = tmp / f"{clip.stem}_{bpp}_{name}.mp4"
+                st = encode_video(src, out, o, detector=det)
+                row[name] = {"kbps": st.bitrate / 1000, **scores(ref, luma(out), dets)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if not args.mjpeg:
+            continue
+        # MJPEG at matched size: plain at quality Q; vqp at the best quality whose file is no larger
+        plain = encode_video(src, tmp / "mj_plain.avi", replace(base, codec="mjpeg", preprocess=False,
+                                                                 mjpeg_quality=args.mjpeg_q), detector=det)
+        best = None
+        for q in range(args.mjpeg_q, 101, 2):
+            st = encode_video(src, tmp / "mj_vqp.avi", replace(base, codec="mjpeg", mjpeg_quality=q), detector=det)
+            if st.bytes > plain.bytes:
+                break
+            best = (q, st, scores(ref, luma(tmp / "mj_vqp.avi"), dets))
+        row = {"clip": clip.stem, "frames": len(ref), "codec": "mjpeg", "plain_quality": args.mjpeg_q,
+               "plain": {"kbps": plain.bitrate / 1000, **scores(ref, luma(tmp / "mj_plain.avi"), dets)}}
+        if best:
+            row["vqp_quality"] = best[0]
+            row["vqp"] = {"kbps": best[1].bitrate / 1000, **best[2]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def run_speed(args) -> list[dict]:
+    """Wall time of the default `vqp encode` and of a plain libx264 encode (same preset), alternated."""
+    det = load_detector(imgsz=args.imgsz)
+    tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))
+    rows = []
+    for clip in [c for c in clips() if not args.clips or any(k in c.name for k in args.clips.split(","))]:
+        src = excerpt(clip, args.frames, tmp)
+        encode_video(src, tmp / "warm.mp4", VideoOptions(), detector=det)  # model warm-up, not timed
+        t = {"plain": [], "vqp": []}
+        for _ in range(args.repeat):
+            for name, o in (("plain", VideoOptions(preprocess=False)), ("vqp", VideoOptions())):
+                t0 = time.perf_counter()
+                st = encode_video(src, tmp / f"{name}.mp4", o, detector=det)
+                t[name].append(time.perf_counter() - t0)
+        best = {k: min(v) for k, v in t.items()}
+        row = {"clip": clip.stem, "frames": st.frames, "plain_s": best["plain"], "vqp_s": best["vqp"],
+               "plain_fps": st.frames / best["plain"], "vqp_fps": st.frames / best["vqp"],
+               "ratio": best["vqp"] / best["plain"], "device": "cuda" if torch.cuda.is_available() else "cpu"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["quality", "speed"])
+    p.add_argument("--frames", type=int, default=120, help="excerpt length per clip (default 120)")
+    p.add_argument("--clips", help="comma-separated name parts to select clips (default: all 4)")
+    p.add_argument("--bpp", type=float, nargs="+", default=[0.04, 0.1], help="target bits per pixel (default 0.04 0.1)")
+    p.add_argument("--abr", action="store_true", help="one-pass ABR instead of two-pass")
+    p.add_argument("--no-mjpeg", dest="mjpeg", action="store_false", help="skip the MJPEG comparison")
+    p.add_argument("--mjpeg-q", type=int, default=50, help="plain MJPEG quality for the matched-size comparison")
+    p.add_argument("--imgsz", type=int, default=640, help="detector input size")
+    p.add_argument("--repeat", type=int, default=3, help="speed: timed runs of each (best kept)")
+    p.add_argument("--set", help='VideoOptions overrides as JSON, e.g. \'{"strength": 6}\'')
+    p.add_argument("--json", help="write all rows to this file")
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("VQP_THREADS", 2)))
+    rows = run_quality(args) if args.what == "quality" else run_speed(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""``vqp filter``: y4m on stdin -> preprocessed y4m on stdout, for ffmpeg pipelines."""
+from __future__ import annotations
+
+import os
+import sys
+
+from . import add_detector_args, detector_from_args
+from .encode import add_video_args, options_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("filter", help="y4m pipe filter: ffmpeg ... -f yuv4mpegpipe - | vqp filter | ffmpeg -i - ...")
+    p.add_argument("--codec", default="libx264", choices=["libx264", "libx265", "mjpeg", "mpeg4"],
+                   help="the encoder that follows, whose block grid the quantizer uses (default libx264)")
+    p.add_argument("--stats", action="store_true", help="print a summary on stderr at the end")
+    add_video_args(p)
+    add_detector_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..filter import filter_y4m
+
+    # stdout carries the video: move it aside so no library's print can land in the stream
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 20)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    o = options_from_args(args, codec=args.codec)
+    det = detector_from_args(args) if o.preprocess else None
+    try:
+        st = filter_y4m(sys.stdin.buffer, out, o, detector=det)
+        out.close()
+    except BrokenPipeError:  # the reader went away (ffmpeg stopped early): end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())  # whatever is still buffered goes nowhere
+        os.close(devnull)
+        return 0
+    if args.stats:
+        print(f"vqp filter: {st.summary()}", file=sys.stderr)
+    return 0
