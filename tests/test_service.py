@@ -154,6 +154,8 @@ def test_bad_input(server, bus_path):
     check(c.post("/v1/detect", content=bus_path.read_bytes()), 415, "content type")
     check(c.post("/v1/detect", content=b"\0" * 1_500_000, headers={"Content-Type": "image/png"}), 413,
           "over the limit")
+    chunks = iter([b"\0" * 400_000] * 4)  # no Content-Length: counted while it streams in
+    check(c.post("/v1/detect", content=chunks, headers={"Content-Type": "image/png"}), 413, "over the limit")
     big = jpeg_bytes(Image.new("RGB", (2500, 2000), (90, 120, 200)), 50)  # 5 Mpx in a small file
     assert len(big) < 1_000_000
     check(c.post("/v1/detect", content=big, headers={"Content-Type": "image/jpeg"}), 413, "pixels")

@@ -28,18 +28,15 @@ def run(args) -> int:
     import uvicorn
 
     from ..detect import load_detector
-    from ..errors import VqpError
     from ..service import Settings, create_app
     from ..service.jobs import JobStore
 
-    if args.classes:
-        raise VqpError("vqp serve detects every class; pass classes per request instead")
     keys = ("model", "device", "conf", "imgsz", "max_batch", "max_wait_ms", "queue_size", "max_image_bytes",
             "max_video_bytes", "max_pixels", "timeout_s", "encode_workers", "jobs_dir", "max_jobs", "job_workers")
     settings = Settings.from_env(**{k: getattr(args, k) for k in keys})
     # load the model and open the job store here, so a bad --model or --jobs-dir is a one-line error
-    detector = load_detector(settings.model, conf=settings.conf, imgsz=settings.imgsz, device=settings.device,
-                             batch=settings.max_batch)
+    detector = load_detector(settings.model, classes=args.classes, conf=settings.conf, imgsz=settings.imgsz,
+                             device=settings.device, batch=settings.max_batch)  # --classes: for every request
     JobStore(settings.jobs_dir).db.close()
     uvicorn.run(create_app(settings, detector), host=args.host, port=args.port,
                 log_level="info" if args.verbose else "warning")
