@@ -87,8 +87,10 @@ LOADERS = {
 }
 
 
-def _digest(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+def _digest(spec: dict) -> str:
+    """Dataset settings that change an item's pixels (not which items are chosen: limit, only)."""
+    spec = {k: v for k, v in spec.items() if k not in ("limit", "only")}
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 class Cache:
@@ -292,7 +294,8 @@ def coco_map(gt: dict, dets: dict) -> tuple[float, float]:
         return 0.0, 0.0
     with contextlib.redirect_stdout(io.StringIO()):
         g = COCO()
-        g.dataset = {"images": images, "annotations": anns, "categories": [{"id": i} for i in range(1000)]}
+        cats = sorted({a["category_id"] for a in anns} | {d["category_id"] for d in res})
+        g.dataset = {"images": images, "annotations": anns, "categories": [{"id": i} for i in cats]}
         g.createIndex()
         e = COCOeval(g, g.loadRes(res), "bbox")
         e.evaluate()
@@ -352,19 +355,26 @@ def bd_rates(rows: list[dict], codecs: list[Codec]) -> list[dict]:
     return out
 
 
+def envelope(points: list[tuple]) -> list[tuple]:
+    """The Pareto front of (rate, metric) points: a point beaten by a cheaper one is dropped, so the
+    metric rises with the rate, as BD-rate's metric-to-rate interpolation needs."""
+    out = []
+    for r, m in sorted(p for p in points if math.isfinite(p[1])):
+        if not out or m > out[-1][1]:
+            out.append((r, m))
+    return out
+
+
 def bd_rate_safe(anchor: list[tuple], test: list[tuple]) -> float | None:
-    """BD-rate in % for (rate, metric) points; None where the curves cannot be compared
-    (fewer than 4 points, a non-monotonic metric, or ranges that do not overlap)."""
+    """BD-rate in % of ``test`` against ``anchor`` (bjontegaard, pchip) on each curve's Pareto front;
+    None where the curves cannot be compared (fewer than 3 points on a front, no overlap)."""
     import warnings
 
     import bjontegaard as bd
 
-    if len(anchor) < 4 or len(test) < 4:
+    anchor, test = envelope(anchor), envelope(test)
+    if len(anchor) < 3 or len(test) < 3:
         return None
-    for pts in (anchor, test):
-        m = [p[1] for p in pts]
-        if any(not math.isfinite(x) for x in m) or any(b <= a for a, b in zip(m, m[1:])):
-            return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

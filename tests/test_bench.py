@@ -62,8 +62,11 @@ def test_bd_rate_sign():
     cheaper = [(r * 0.8, q) for r, q in anchor]  # same quality for 20% fewer bits
     assert harness.bd_rate_safe(anchor, cheaper) == pytest.approx(-20, abs=0.5)
     assert harness.bd_rate_safe(cheaper, anchor) == pytest.approx(25, abs=0.5)
-    assert harness.bd_rate_safe(anchor[:3], cheaper[:3]) is None  # too few points
-    assert harness.bd_rate_safe(anchor, [(1, 30), (2, 29), (3, 31), (4, 32)]) is None  # not monotonic
+    assert harness.bd_rate_safe(anchor[:2], cheaper[:2]) is None  # too few points
+    assert harness.bd_rate_safe(anchor, [(1, 33), (2, 32), (3, 31), (4, 30)]) is None  # no front to compare
+    # a point beaten by a cheaper one is dropped (Pareto front), the rest still compares
+    assert harness.envelope([(1, 30), (2, 29), (3, 31), (4, 32)]) == [(1, 30), (3, 31), (4, 32)]
+    assert harness.bd_rate_safe(anchor, cheaper + [(1.0, 29)]) == pytest.approx(-20, abs=0.5)
 
 
 def test_coco_map_perfect_and_empty():
