@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import VqpError
-from .video import Pipeline, VideoOptions, _check, _to_frame
+from .video import DETECT_SIZE, Pipeline, VideoOptions, _check, _to_frame
 from .y4m import Y4mHeader, read_frames, read_header, write_frame
 
 
@@ -40,7 +40,7 @@ def filter_y4m(inp: BinaryIO, out: BinaryIO, options: VideoOptions = VideoOption
     if o.preprocess and detector is None:
         from .detect import load_detector
 
-        detector = load_detector()
+        detector = load_detector(imgsz=DETECT_SIZE)
     st = FilterStats()
     try:
         pipe = Pipeline(frames, "<stdin>", o, detector, fmt=head.fmt)

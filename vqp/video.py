@@ -32,6 +32,7 @@ from .track import TrackConfig, Tracker, between
 from .types import Box, Detections
 
 log = logging.getLogger("vqp")
+DETECT_SIZE = 320  # detector input for video: objects in motion need less detail, and it runs on the encode's time
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -64,13 +65,13 @@ class VideoOptions:
     mjpeg_quality: int | None = None  # 1..100 JPEG-style quality for mjpeg (default 75)
     codec_options: dict[str, str] = field(default_factory=dict)  # passed to stream.options
     preprocess: bool = True         # False = plain encode through the very same path (the baseline)
-    detect_every: int = 8           # run the detector on every N-th frame, track in between
+    detect_every: int = 12          # run the detector on every N-th frame, track in between
     detect_batch: int = 4           # detection runs batched together
-    strength: float = 4.0           # background step multiplier (see QuantParams)
+    strength: float = 3.0           # background step multiplier (see QuantParams)
     keep: int = 64                  # zigzag coefficients kept in background blocks
     dc_strength: float = 2.0
     quality: int = 50               # JPEG-table quality whose steps inter codecs' background is rounded to
-    hold: float = 3.0               # RMS luma change under which a background macroblock is held (0: off)
+    hold: float = 5.0               # RMS luma change under which a background macroblock is held (0: off)
     roi: RoiConfig = field(default_factory=lambda: RoiConfig(margin=8.0, feather=16.0))
     track: TrackConfig = field(default_factory=TrackConfig)
     measure_plain: bool = False     # also encode the plain stream (not written) to report its bitrate
@@ -284,12 +285,12 @@ class Holder:
     def apply(self, planes: list[torch.Tensor], hold: torch.Tensor) -> list[list[torch.Tensor]]:
         """Per frame, the output planes with held cells taken from the previous output."""
         h = planes[0].shape[1]
+        masks = [_grow(hold, self.grid * p.shape[1] // h, *p.shape[1:]) if hold.any() else None for p in planes]
         frames = []
         for i in range(planes[0].shape[0]):
             out = [p[i] for p in planes]
             if hold[i].any():
-                out = [torch.where(_grow(hold[i][None], self.grid * p.shape[0] // h, *p.shape)[0], q, p)
-                       for p, q in zip(out, self.prev)]
+                out = [torch.where(m[i], q, p) for p, q, m in zip(out, self.prev, masks)]
             self.prev = out
             frames.append(out)
         return frames
@@ -601,7 +602,7 @@ def encode_video(src: str | os.PathLike, dst: str | os.PathLike, options: VideoO
     if o.preprocess and detector is None:
         from .detect import load_detector
 
-        detector = load_detector()
+        detector = load_detector(imgsz=DETECT_SIZE)
     crf = o.crf if o.crf is not None else (23.0 if o.codec != "mpeg4" else 4.0)
     t0 = time.perf_counter()
     cache = plain_crf = None

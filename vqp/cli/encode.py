@@ -26,11 +26,11 @@ def codec_option(text: str) -> tuple[str, str]:
 def add_video_args(p) -> None:
     """Preprocessing options shared by `encode` and `filter`."""
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--detect-every", type=int, default=8, metavar="N",
-                   help="run the detector on every N-th frame, track boxes in between (default 8)")
-    g.add_argument("--strength", type=float, default=4.0, help="background step multiplier (default 4)")
-    g.add_argument("--hold", type=float, default=3.0, metavar="RMS",
-                   help="keep still background blocks identical while their source changes less than RMS levels (default 3, 0 = off)")
+    g.add_argument("--detect-every", type=int, default=12, metavar="N",
+                   help="run the detector on every N-th frame, track boxes in between (default 12)")
+    g.add_argument("--strength", type=float, default=3.0, help="background step multiplier (default 3)")
+    g.add_argument("--hold", type=float, default=5.0, metavar="RMS",
+                   help="keep still background blocks identical while their source changes less than RMS levels (default 5, 0 = off)")
     g.add_argument("--plain", action="store_true", help="no preprocessing: the plain encode, for comparison")
 
 
@@ -54,12 +54,14 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_video_args(p)
     add_detector_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, imgsz=None)  # None: vqp.video.DETECT_SIZE
 
 
 def options_from_args(args, **kw):
-    from ..video import VideoOptions
+    """VideoOptions from the shared flags; also settles the video detector size."""
+    from ..video import DETECT_SIZE, VideoOptions
 
+    args.imgsz = args.imgsz or DETECT_SIZE
     return VideoOptions(detect_every=args.detect_every, strength=args.strength, hold=args.hold,
                         preprocess=not args.plain, **kw)
 

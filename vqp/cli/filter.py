@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--stats", action="store_true", help="print a summary on stderr at the end")
     add_video_args(p)
     add_detector_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, imgsz=None)  # None: vqp.video.DETECT_SIZE
 
 
 def run(args) -> int:
