@@ -22,12 +22,15 @@ import yaml
 
 from vqp.errors import VqpError
 from vqp.metrics import region_scores
+from vqp.roi import ROI_CONF
 from vqp.types import Detections
 
 from . import datasets
 from .codecs import Codec, decode_image, encode_clip, encode_image, read_frames
 
 ROOT = Path(__file__).resolve().parent
+# The pipeline's source, recorded with every point: cached points from another version are flagged in the report.
+VQP_SRC = hashlib.sha1(b"".join(p.read_bytes() for p in sorted((ROOT.parent / "vqp").glob("*.py")))).hexdigest()[:10]
 METRICS = ("psnr_full", "msssim_full", "psnr_obj", "msssim_obj", "psnr_bg", "msssim_bg")
 
 
@@ -38,8 +41,9 @@ class Config:
     datasets: list[dict]
     codecs: list[Codec]
     model: str | None = None
-    roi_conf: float = 0.25     # detector boxes that drive vqp and define the detector's object region
-    map_conf: float = 0.001    # detections kept for mAP (as in Ultralytics' val)
+    roi_conf: float = ROI_CONF  # detector boxes that drive vqp (vqp's own default)
+    region_conf: float = 0.25   # detector boxes that define the measured object region (_det)
+    map_conf: float = 0.001     # detections kept for mAP (as in Ultralytics' val)
     threads: int = 2
     extra: dict = field(default_factory=dict)
 
@@ -75,7 +79,8 @@ def load_config(path: str | Path, out: str | Path | None = None) -> Config:
             raise VqpError(f"dataset {ds}: kind must be one of {', '.join(LOADERS)}")
     name = d.get("name", path.stem)
     return Config(name, Path(out or d.get("out") or ROOT.parent / "out" / "bench" / name), d["datasets"], codecs,
-                  d.get("model"), d.get("roi_conf", 0.25), d.get("map_conf", 0.001), d.get("threads", 2))
+                  d.get("model"), d.get("roi_conf", ROI_CONF), d.get("region_conf", 0.25), d.get("map_conf", 0.001),
+                  d.get("threads", 2))
 
 
 LOADERS = {
@@ -154,6 +159,7 @@ class Runner:
         self.cache = Cache(cfg.out / "cache.jsonl")
         self.detector = load_detector(cfg.model, conf=cfg.map_conf)
         self._roi_detector = None
+        self.tag = f"roi{cfg.roi_conf:g}/region{cfg.region_conf:g}"  # in every key: these change the results
         self.gt: dict[str, dict] = {}     # group -> item -> (boxes, classes, h, w)
         self.records: list[dict] = []
         self.tqdm = tqdm
@@ -211,20 +217,20 @@ class Runner:
         roi = None
         for c in _codec_order([c for c in cfg.codecs if c.kind == "image"]):
             for v in c.grid:
-                key = f"{group}|{dkey}|{s.name}|{c.name}|{c.key()}|{v}"
+                key = f"{group}|{dkey}|{s.name}|{c.name}|{c.key()}|{v}|{self.tag}"
                 if key not in self.cache:
                     if roi is None:
                         det_all = det_all or detect(s.rgb)
-                        roi = _boxes(det_all, cfg.roi_conf)
+                        roi, region = _boxes(det_all, cfg.roi_conf), _boxes(det_all, cfg.region_conf)
                     budget = None
                     if c.equal_bytes:
                         base = next(x for x in cfg.codecs if x.name == c.equal_bytes)
-                        budget = self.cache.get(f"{group}|{dkey}|{s.name}|{base.name}|{base.key()}|{v}")["bytes"]
+                        budget = self.cache.get(f"{group}|{dkey}|{s.name}|{base.name}|{base.key()}|{v}|{self.tag}")["bytes"]
                     data, q = encode_image(c, s.rgb, v, roi, budget)
                     out = decode_image(data)
                     rec = {"key": key, "group": group, "item": s.name, "codec": c.name, "value": v, "quality": q,
                            "bytes": len(data), "pixels": h * w, "bpp": len(data) * 8 / (h * w),
-                           **_scores(s.rgb, out, s.boxes, roi)}
+                           "vqp_src": VQP_SRC, **_scores(s.rgb, out, s.boxes, region)}
                     if labelled:
                         rec["dets"] = _dets(detect(out))
                     self.cache.add(rec)
@@ -237,7 +243,7 @@ class Runner:
         group = f"{spec.get('name', 'clips')}/{clip.stem}"
         dkey = _digest(spec)
         every = int(spec.get("every", 5))
-        todo = [(c, v, f"{group}|{dkey}|{clip.stem}|{c.name}|{c.key()}|{v}")
+        todo = [(c, v, f"{group}|{dkey}|{clip.stem}|{c.name}|{c.key()}|{v}|{self.tag}")
                 for c in cfg.codecs if c.kind == "video" for v in c.grid]
         missing = [t for t in todo if t[2] not in self.cache]
         if missing:
@@ -245,7 +251,7 @@ class Runner:
             work.mkdir(exist_ok=True)
             src = datasets.excerpt(clip, work / f"{clip.stem}-{dkey}.mkv", spec.get("frames"))
             ref, fps = read_frames(src, every)
-            rois = self.roi_detector(ref)  # objects: the detector on the original frames
+            regions = [_boxes(d, cfg.region_conf) for d in self.roi_detector(ref)]  # detector on the originals
             for c, v, key in missing:
                 with tempfile.TemporaryDirectory(dir=work) as tmp:
                     dst = Path(tmp) / ("out.avi" if c.encoder == "mjpeg" else "out.mp4")
@@ -255,10 +261,10 @@ class Runner:
                 if len(out) != len(ref):
                     raise VqpError(f"{c.name} on {clip.name}: {len(out)} sampled frames decoded, expected {len(ref)}")
                 h, w = ref[0].shape[:2]
-                per = [_scores(r, o, [], d) for r, o, d in zip(ref, out, rois)]
+                per = [_scores(r, o, [], d) for r, o, d in zip(ref, out, regions)]
                 rec = {"key": key, "group": group, "item": clip.stem, "codec": c.name, "value": v,
                        "bytes": size, "frames": n, "pixels": h * w, "bpp": size * 8 / (n * h * w),
-                       "kbps": size * 8 / (n / fps) / 1000,
+                       "kbps": size * 8 / (n / fps) / 1000, "vqp_src": VQP_SRC,
                        **{k: float(np.nanmean([p[k] for p in per])) for k in per[0]}}
                 self.cache.add(rec)
                 bar.update()

@@ -74,8 +74,11 @@ def plot(rows: list[dict], group: str, dest: Path) -> None:
     write_atomic(dest, buf.getvalue())
 
 
-def markdown(name: str, rows: list[dict], bd: list[dict], plots: dict[str, str]) -> str:
-    out = [f"# Benchmark run `{name}`", ""]
+def markdown(name: str, rows: list[dict], bd: list[dict], plots: dict[str, str], versions: set[str]) -> str:
+    out = [f"# Benchmark run `{name}`", "", f"vqp source: {', '.join(sorted(versions))}", ""]
+    if len(versions) > 1:
+        out += ["**Warning: the cached points come from different versions of vqp's source; start a fresh "
+                "output folder for comparable numbers.**", ""]
     out += ["## BD-rate (%) against the anchor (negative: fewer bits for the same quality)", "",
             "| group | codec | anchor | " + " | ".join(BD_COLUMNS) + " |", "|" + "---|" * (3 + len(BD_COLUMNS))]
     for r in bd:
@@ -104,7 +107,8 @@ def write(out: Path, name: str, records: list[dict], rows: list[dict], bd: list[
         fname = "rd_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in group) + ".png"
         plot(rows, group, out / fname)
         plots[group] = fname
-    files["summary.md"] = markdown(name, rows, bd, plots).encode()
+    versions = {r["vqp_src"] for r in records if "vqp_src" in r}
+    files["summary.md"] = markdown(name, rows, bd, plots, versions).encode()
     for fname, data in files.items():
         write_atomic(out / fname, data)
     return {k: out / k for k in [*files, *plots.values()]}
