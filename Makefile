@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	mkdir -p out
 	$(BIN)/vqp image $(SHARED)/data/kodak out/kodak --match-quality 50
+	$(BIN)/vqp encode $(SHARED)/data/video/vtest_pets2009_480x360.avi out/vtest.mp4 --frames 150 --compare
 
 test: setup
 	$(BIN)/python -m pytest -q tests

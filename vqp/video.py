@@ -76,6 +76,7 @@ class VideoOptions:
     track: TrackConfig = field(default_factory=TrackConfig)
     measure_plain: bool = False     # also encode the plain stream (not written) to report its bitrate
     match_sample: int = 100         # frames of the clip that the --match-crf search encodes
+    max_frames: int | None = None   # stop after this many frames (an excerpt)
 
 
 @dataclass
@@ -465,7 +466,7 @@ class Pipeline:
         frames = [self.first]
         while True:
             f = frames.pop() if frames else next(self._frames, None)
-            if f is None:
+            if f is None or idx == o.max_frames:
                 break
             key = idx % every == 0
             if key and o.preprocess and self.cache is None:
@@ -646,6 +647,8 @@ def _encode(src, dst: Path, o: VideoOptions, detector, cache, crf, progress, sta
     early: list[av.Packet] = []
 
     def audio(packet):
+        if o.max_frames and packet.pts is not None and packet.pts * packet.time_base > o.max_frames / reader.rate:
+            return  # an excerpt: audio past the last frame is left out
         early.append(packet) if writer is None else writer.add_audio(packet)
 
     try:

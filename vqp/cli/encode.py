@@ -50,6 +50,7 @@ def register(sub) -> None:
     p.add_argument("--quality", type=int, metavar="Q", help="MJPEG quality 1-100 (default 75)")
     p.add_argument("-x", "--codec-option", type=codec_option, action="append", default=[], metavar="KEY=VALUE",
                    help="encoder option passed through, e.g. aq-mode=2 or x264-params=... (repeatable)")
+    p.add_argument("--frames", type=int, metavar="N", help="encode only the first N frames")
     p.add_argument("--compare", action="store_true", help="also encode plainly (not written) to report its bitrate")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_video_args(p)
@@ -77,7 +78,7 @@ def run(args) -> int:
         raise VqpError("--quality is for --codec mjpeg; use --crf or --bitrate")
     o = options_from_args(args, codec=args.codec, crf=args.crf, bitrate=args.bitrate, two_pass=args.two_pass,
                           match_crf=args.match_crf, preset=args.preset, gop=args.gop, mjpeg_quality=args.quality,
-                          codec_options=dict(args.codec_option), measure_plain=args.compare)
+                          codec_options=dict(args.codec_option), measure_plain=args.compare, max_frames=args.frames)
     det = detector_from_args(args) if o.preprocess else None
     st = encode_video(args.input, args.output, o, detector=det, progress=sys.stderr.isatty())
     if args.json:
