@@ -189,6 +189,19 @@ class _Search:
         return lo
 
 
+def _bounded(name: str, value, hi: int) -> int | None:
+    """An optional integer option in [1, hi], or a one-line error."""
+    if value is None:
+        return None
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise VqpError(f"{name} must be an integer, got {value!r}") from None
+    if not 1 <= v <= hi:
+        raise VqpError(f"{name} must be between 1 and {hi}, got {value}")
+    return v
+
+
 def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: int | None = None,
               target_size: int | None = None, encoder: str = "pillow", detector: Detector | None = None,
               model: str | None = None, classes: Sequence[str | int] | None = None, conf: float = ROI_CONF,
@@ -207,10 +220,8 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
     modes = [m for m in (quality, match_quality, target_size) if m is not None]
     if len(modes) > 1:
         raise VqpError("give only one of quality, match_quality and target_size")
-    for name, v, lo, hi in (("quality", quality, 1, 100), ("match_quality", match_quality, 1, 100),
-                            ("target_size", target_size, 1, 1 << 40)):
-        if v is not None and not (lo <= int(v) <= hi):
-            raise VqpError(f"{name} must be between {lo} and {hi}, got {v}")
+    quality, match_quality, target_size = (_bounded(n, v, hi) for n, v, hi in (
+        ("quality", quality, 100), ("match_quality", match_quality, 100), ("target_size", target_size, 1 << 40)))
     if not modes:
         match_quality = DEFAULT_QUALITY
     enc = get_encoder(encoder)
@@ -218,19 +229,18 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
     if detections is None:
         det = detector or shared_detector(model, tuple(classes) if classes else None, conf=conf, device=device)
         detections = det([pic.rgb])[0]
-    dets = detections
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    imp = roi_map([dets], block=8, config=roi, device=dev).importance
+    imp = roi_map([detections], block=8, config=roi, device=dev).importance
     search = _Search(pic, imp, enc, dev)
     active = bool(imp.max() > 0)
 
     if quality is not None:
         params = ladder[0] if active else None
-        res = JpegResult(search.encode(quality, params), int(quality), params, dets,
-                         len(search.encode(quality, None)), int(quality))
+        res = JpegResult(search.encode(quality, params), quality, params, detections,
+                         len(search.encode(quality, None)), quality)
     else:
         ref = match_quality
-        budget = len(search.encode(ref, None)) if ref is not None else int(target_size)
+        budget = len(search.encode(ref, None)) if ref is not None else target_size
         lo = ref if ref is not None else 1
         best, tried = None, []
         for params in ([None] + list(ladder) if active else [None]):
@@ -242,7 +252,7 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
             tried.append({"quality": q, "strength": params.strength if params else 1,
                           "keep": params.keep if params else 64, "bytes": len(data), "object_psnr": round(obj, 3)})
             if best is None or (score, -len(data)) > (best[0], -len(best[1].data)):
-                best = (score, JpegResult(data, q, params, dets, budget if ref is not None else None, ref))
+                best = (score, JpegResult(data, q, params, detections, budget if ref is not None else None, ref))
         if best is None:
             smallest = len(search.encode(1, ladder[-1] if active else None))
             raise VqpError(f"cannot fit the image in {budget} bytes; the smallest file is {smallest} bytes")
