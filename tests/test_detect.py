@@ -35,6 +35,12 @@ def test_openvino_export_loads(bus_path):
     assert "bus" in names and "person" in names
 
 
+def test_onnx_export_loads(bus_path):
+    det = load_detector(str(MODELS / "yolo26n_int8.onnx"))
+    names = [b.name for b in det([load_image(bus_path).rgb])[0].boxes if b.conf > 0.5]
+    assert "bus" in names and names.count("person") >= 3
+
+
 def test_opencv_fallback_finds_a_face(astronaut):
     d = OpenCVDetector()([astronaut])[0]
     faces = [b for b in d.boxes if b.name == "face"]
