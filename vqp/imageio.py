@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +50,19 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
     return np.asarray(im.convert("RGB")), True
 
 
+def _check_size(im: Image.Image, name: str, max_pixels: int) -> None:
+    if im.width * im.height > max_pixels:
+        raise VqpError(f"{name}: image too large ({im.width}x{im.height} > {max_pixels:,} pixels)")
+    if max(im.size) > JPEG_MAX_SIDE:
+        raise VqpError(f"{name}: {im.width}x{im.height} exceeds JPEG's {JPEG_MAX_SIDE}-pixel side limit")
+
+
 def load_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int = MAX_PIXELS) -> Picture:
     """Open, check and normalize an image; EXIF orientation is applied and reset to 1."""
     name = "<bytes>" if isinstance(src, (bytes, bytearray)) else str(getattr(src, "filename", "") or src)
     if isinstance(src, Image.Image):
         im = src
+        _check_size(im, name, max_pixels)
     else:
         data = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
         if not isinstance(src, (bytes, bytearray)):
@@ -66,25 +73,16 @@ def load_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int 
                 raise VqpError(f"{name}: empty file")
         elif not src:
             raise VqpError("empty input")
-        old = Image.MAX_IMAGE_PIXELS
         try:
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(data)
-                im.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            im = Image.open(data)  # reads the header only: the size is known before any pixel is decoded
+            _check_size(im, name, max_pixels)
+            im.load()
+        except Image.DecompressionBombError:  # Pillow's own, larger limit
             raise VqpError(f"{name}: image too large (more than {max_pixels:,} pixels)") from None
         except UnidentifiedImageError:
             raise VqpError(f"{name}: not an image Pillow can read") from None
         except (OSError, SyntaxError, ValueError) as e:
             raise VqpError(f"{name}: damaged image ({e})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
-    if im.width * im.height > max_pixels:
-        raise VqpError(f"{name}: image too large ({im.width}x{im.height} > {max_pixels:,} pixels)")
-    if max(im.size) > JPEG_MAX_SIDE:
-        raise VqpError(f"{name}: {im.width}x{im.height} exceeds JPEG's {JPEG_MAX_SIDE}-pixel side limit")
     icc = im.info.get("icc_profile")
     try:
         im = ImageOps.exif_transpose(im)

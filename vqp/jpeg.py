@@ -247,6 +247,7 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
             q = search.best_quality(params, budget, lo)
             if q is None:
                 continue
+            lo = q  # a harder ladder step is never larger at the same quality: search only upwards
             data = search.encode(q, params)
             score, obj = search.score(data, background_weight) if active else (0.0, 0.0)
             tried.append({"quality": q, "strength": params.strength if params else 1,
