@@ -7,7 +7,8 @@ plane inside the detector's boxes on the ORIGINAL frames, outside them and over 
 speed: wall time of `vqp encode` with default settings against a plain encode, back to back.
 
     python benchmarks/video.py quality --frames 120 --json benchmarks/video_quality.json
-    python benchmarks/video.py speed --frames 240
+    python benchmarks/video.py speed --frames 120 --json benchmarks/video_speed.json
+    python benchmarks/video.py table benchmarks/video_quality.json benchmarks/video_speed.json
 """
 from __future__ import annotations
 
@@ -136,16 +137,18 @@ def run_quality(args) -> list[dict]:
 
 
 def run_speed(args) -> list[dict]:
-    """Wall time of the default `vqp encode` and of a plain libx264 encode (same preset), alternated."""
+    """Wall time of `vqp encode` (default settings unless --set) and of a plain encode through the same
+    path (same codec and preset, no detector, no quantizer), alternated; the best of --repeat runs."""
     det = load_detector(imgsz=args.imgsz)
     tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))
+    base = VideoOptions(**json.loads(args.set or "{}"))
     rows = []
     for clip in [c for c in clips() if not args.clips or any(k in c.name for k in args.clips.split(","))]:
         src = excerpt(clip, args.frames, tmp)
-        encode_video(src, tmp / "warm.mp4", VideoOptions(), detector=det)  # model warm-up, not timed
+        encode_video(src, tmp / "warm.mp4", base, detector=det)  # model warm-up, not timed
         t = {"plain": [], "vqp": []}
         for _ in range(args.repeat):
-            for name, o in (("plain", VideoOptions(preprocess=False)), ("vqp", VideoOptions())):
+            for name, o in (("plain", replace(base, preprocess=False)), ("vqp", base)):
                 t0 = time.perf_counter()
                 st = encode_video(src, tmp / f"{name}.mp4", o, detector=det)
                 t[name].append(time.perf_counter() - t0)
@@ -158,9 +161,36 @@ def run_speed(args) -> list[dict]:
     return rows
 
 
+def table(paths: list[str]) -> str:
+    """Markdown tables from the JSON rows of earlier quality or speed runs."""
+    out = []
+    for path in paths:
+        rows = json.loads(Path(path).read_text())
+        if "ratio" in rows[0]:
+            out += ["| clip | frames | plain s | vqp s | plain fps | vqp fps | vqp / plain |", "|---|---|---|---|---|---|---|"]
+            out += [f"| {r['clip']} | {r['frames']} | {r['plain_s']:.2f} | {r['vqp_s']:.2f} | {r['plain_fps']:.0f} | "
+                    f"{r['vqp_fps']:.0f} | {r['ratio']:.2f}x |" for r in rows]
+        else:
+            out += ["| clip | codec | kb/s plain / vqp | PSNR-Y obj | PSNR-Y bg | PSNR-Y full | MS-SSIM obj | MS-SSIM bg | MS-SSIM full |",
+                    "|---|---|---|---|---|---|---|---|---|"]
+            for r in rows:
+                p, v = r["plain"], r.get("vqp")
+                if v is None:
+                    out.append(f"| {r['clip']} | {r['codec']} | no vqp point fits | | | | | | |")
+                    continue
+                cell = lambda k, f: f"{p[k]:{f}} / {v[k]:{f}} ({v[k] - p[k]:+{f}})" if k in p and k in v else "n/a"
+                codec = r["codec"] + (f" q{r['plain_quality']} / q{r['vqp_quality']}" if r["codec"] == "mjpeg" else "")
+                out.append(f"| {r['clip']} | {codec} | {p['kbps']:.0f} / {v['kbps']:.0f} | {cell('psnr_obj', '.2f')} | "
+                           f"{cell('psnr_bg', '.2f')} | {cell('psnr_full', '.2f')} | {cell('msssim_obj', '.4f')} | "
+                           f"{cell('msssim_bg', '.4f')} | {cell('msssim_full', '.4f')} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["quality", "speed"])
+    p.add_argument("what", choices=["quality", "speed", "table"])
+    p.add_argument("files", nargs="*", help="table: JSON files written by --json")
     p.add_argument("--frames", type=int, default=120, help="excerpt length per clip (default 120)")
     p.add_argument("--clips", help="comma-separated name parts to select clips (default: all 4)")
     p.add_argument("--bpp", type=float, nargs="+", default=[0.04, 0.1], help="target bits per pixel (default 0.04 0.1)")
@@ -173,6 +203,9 @@ def main() -> None:
     p.add_argument("--set", help='VideoOptions overrides as JSON, e.g. \'{"strength": 6}\'')
     p.add_argument("--json", help="write all rows to this file")
     args = p.parse_args()
+    if args.what == "table":
+        print(table(args.files))
+        return
     torch.set_num_threads(int(os.environ.get("VQP_THREADS", 2)))
     rows = run_quality(args) if args.what == "quality" else run_speed(args)
     if args.json:
