@@ -33,7 +33,8 @@ def markdown(rep: dict, seconds: float, cmd: str) -> str:
     lines = [f"Command: `{cmd}` ({seconds / 60:.0f} min). imgsz {rep['imgsz']}, "
              f"{len(rep['split']['repair'])} repair / {len(rep['split']['eval'])} held-out images, "
              f"severities {rep['severities']}, {rep['budget']['steps']} steps x batch {rep['budget']['batch']}, "
-             f"AdamW lr {rep['budget']['lr']}, top-k blocks {rep['top_k']}.", "",
+             f"AdamW lr {rep['budget']['lr']}, BatchNorm statistics {'frozen' if rep['budget']['freeze_bn'] else 'updated'}, "
+             f"top-k blocks {rep['top_k']}.", "",
              "| model | clean mAP50-95 | mPC common | rPC common | mPC held-out | rPC held-out | mPC codecs | trainable params |",
              "|---|---|---|---|---|---|---|---|"]
     params = {"original": 0, **rep["budget"]["trainable_params"]}
@@ -56,11 +57,13 @@ def main() -> int:
     ap.add_argument("--imgsz", type=int)
     ap.add_argument("--top-k", type=int)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--bn-stats", action="store_true", help="let BatchNorm update its statistics (first run)")
     ap.add_argument("--out", default="out/repair-bench")
     a = ap.parse_args()
     torch.set_num_threads(2)
     kw = {k: v for k, v in (("steps", a.steps), ("severities", a.severities), ("limit", a.limit),
                             ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr)) if v is not None}
+    kw["freeze_bn"] = not a.bn_stats
     st = Settings.quick(**kw) if a.quick else Settings(**kw)
     t = time.time()
     with progress_bar("bench") as bar:

@@ -38,6 +38,7 @@ class Settings:
     batch: int = 8
     lr: float = 1e-4
     compare: bool = True              # also fine-tune the whole network at the same budget
+    freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
     seed: int = 0
     extra: Sequence[str] = field(default_factory=tuple)  # unlabelled images, folders or videos
     frame_step: int = 10              # every n-th frame of an extra video
@@ -176,7 +177,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     step("localization", 1, 1, f"top-{st.top_k}: {chosen}")
 
     # 3. repair at equal budget
-    kw = dict(steps=st.steps, imgsz=st.imgsz, batch=st.batch, lr=st.lr, seed=st.seed)
+    kw = dict(steps=st.steps, imgsz=st.imgsz, batch=st.batch, lr=st.lr, seed=st.seed, freeze_bn=st.freeze_bn)
     tuned, losses = {}, {}
     tuned["block"], losses["block"] = finetune(model, train, policy, blocks=chosen,
                                                progress=lambda *a: step("repair top-k", *a), **kw)
