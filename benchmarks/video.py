@@ -7,6 +7,7 @@ plane inside the detector's boxes on the ORIGINAL frames, outside them and over 
 speed: wall time of `vqp encode` with default settings against a plain encode, back to back.
 
     python benchmarks/video.py quality --frames 120 --json benchmarks/video_quality.json
+    python benchmarks/video.py match --frames 120 --crf 23 28 --json benchmarks/video_match.json
     python benchmarks/video.py speed --frames 120 --json benchmarks/video_speed.json
     python benchmarks/video.py table benchmarks/video_quality.json benchmarks/video_speed.json
 """
@@ -136,6 +137,27 @@ def run_quality(args) -> list[dict]:
     return rows
 
 
+def run_match(args) -> list[dict]:
+    """`--match-crf C` against plain x264 at CRF C: both sizes, the CRF found, object and background quality."""
+    det = load_detector(imgsz=args.imgsz)
+    measure = load_detector(imgsz=args.measure_imgsz)
+    tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))
+    base = VideoOptions(**json.loads(args.set or "{}"))
+    rows = []
+    for clip in [c for c in clips() if not args.clips or any(k in c.name for k in args.clips.split(","))]:
+        src = excerpt(clip, args.frames, tmp)
+        ref, dets = luma(src), detect_clip(src, measure)
+        for c in args.crf:
+            plain = encode_video(src, tmp / "plain.mp4", replace(base, preprocess=False, crf=c), detector=det)
+            st = encode_video(src, tmp / "vqp.mp4", replace(base, match_crf=c), detector=det)
+            row = {"clip": clip.stem, "frames": st.frames, "codec": "libx264", "match_crf": c, "vqp_crf": st.crf,
+                   "plain": {"kbps": plain.bitrate / 1000, "bytes": plain.bytes, **scores(ref, luma(tmp / "plain.mp4"), dets)},
+                   "vqp": {"kbps": st.bitrate / 1000, "bytes": st.bytes, **scores(ref, luma(tmp / "vqp.mp4"), dets)}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def run_speed(args) -> list[dict]:
     """Wall time of `vqp encode` (default settings unless --set) and of a plain encode through the same
     path (same codec and preset, no detector, no quantizer), alternated; the best of --repeat runs."""
@@ -180,6 +202,8 @@ def table(paths: list[str]) -> str:
                     continue
                 cell = lambda k, f: f"{p[k]:{f}} / {v[k]:{f}} ({v[k] - p[k]:+{f}})" if k in p and k in v else "n/a"
                 codec = r["codec"] + (f" q{r['plain_quality']} / q{r['vqp_quality']}" if r["codec"] == "mjpeg" else "")
+                if "match_crf" in r:
+                    codec += f" crf {r['match_crf']:g} / {r['vqp_crf']:g}"
                 out.append(f"| {r['clip']} | {codec} | {p['kbps']:.0f} / {v['kbps']:.0f} | {cell('psnr_obj', '.2f')} | "
                            f"{cell('psnr_bg', '.2f')} | {cell('psnr_full', '.2f')} | {cell('msssim_obj', '.4f')} | "
                            f"{cell('msssim_bg', '.4f')} | {cell('msssim_full', '.4f')} |")
@@ -189,11 +213,12 @@ def table(paths: list[str]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["quality", "speed", "table"])
+    p.add_argument("what", choices=["quality", "match", "speed", "table"])
     p.add_argument("files", nargs="*", help="table: JSON files written by --json")
     p.add_argument("--frames", type=int, default=120, help="excerpt length per clip (default 120)")
     p.add_argument("--clips", help="comma-separated name parts to select clips (default: all 4)")
     p.add_argument("--bpp", type=float, nargs="+", default=[0.04, 0.1], help="target bits per pixel (default 0.04 0.1)")
+    p.add_argument("--crf", type=float, nargs="+", default=[23.0], help="match: plain CRFs to match (default 23)")
     p.add_argument("--abr", action="store_true", help="one-pass ABR instead of two-pass")
     p.add_argument("--no-mjpeg", dest="mjpeg", action="store_false", help="skip the MJPEG comparison")
     p.add_argument("--mjpeg-q", type=int, default=50, help="plain MJPEG quality for the matched-size comparison")
@@ -207,7 +232,7 @@ def main() -> None:
         print(table(args.files))
         return
     torch.set_num_threads(int(os.environ.get("VQP_THREADS", 2)))
-    rows = run_quality(args) if args.what == "quality" else run_speed(args)
+    rows = {"quality": run_quality, "match": run_match, "speed": run_speed}[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -185,10 +185,13 @@ def test_holder_keeps_still_background_identical():
     y[2, :16, :16] = 180  # big change in one macroblock: refreshed there only
     imp = torch.zeros(3, 2, 2)
     imp[:, 1, 1] = 0.5
-    hold = h.masks(y, imp)
-    assert not hold[0].any() and hold[1].all() and hold[2].sum() == 3 and not hold[2, 0, 0]
+    hold, moving = h.masks(y, imp)
+    assert not hold[0].any() and hold[1].all() and hold[2].sum() == 3 and not hold[2, 0, 0] and not moving.any()
     out = h.apply([y + 1], hold)  # stands in for the quantized planes
     assert torch.equal(out[1][0], out[0][0]) and out[2][0][0, 0] == 181
+    pan = torch.stack([torch.arange(32).repeat(32, 1).roll(4 * i, 1) * 8 for i in range(4)]).to(torch.uint8)
+    hold, moving = Holder(3.0).masks(pan, imp[:1].expand(4, -1, -1))
+    assert moving.tolist() == [False, True, True, True] and not hold.any()  # a panning camera: nothing held
 
 
 def test_odd_size_and_unusual_pixel_format(tmp_path, detector):

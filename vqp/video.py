@@ -97,6 +97,7 @@ class EncodeStats:
     crf: float | None = None        # the CRF used (the one found by --match-crf)
     plain_crf: float | None = None
     audio_streams: int = 0
+    frames_moving: int = 0          # frames passed through untouched because the camera moved
 
     def summary(self) -> str:
         s = (f"{self.frames} frames ({self.frames_with_detections} with detections), {self.width}x{self.height} "
@@ -106,6 +107,8 @@ class EncodeStats:
         if self.plain_bitrate:
             s += (f" vs plain {self.plain_bitrate / 1000:.0f} kb/s" + (f" at crf {self.plain_crf:g}" if self.plain_crf is not None else "")
                   + f" (x{self.bytes / self.plain_bytes:.3f})")
+        if self.frames_moving:
+            s += f"; {self.frames_moving} frames left untouched (moving camera)"
         if self.corrupt_packets:
             s += f"; skipped {self.corrupt_packets} corrupt packets"
         return s
@@ -260,17 +263,24 @@ class Holder:
     The change is measured against the source the held block was taken from, so slow drifts
     (light, shadows) still refresh the block once they add up to ``rms`` luma levels. Frames
     without any object pass through and break the chain (nothing is held across them).
+
+    When less than ``still`` of the background could be held, the camera is moving: nothing can
+    be held and a coarse background only moves under the fixed block grid, which costs the
+    encoder's motion compensation more than it saves. Such frames pass through untouched until
+    twice that share is still again (hysteresis, so the decision does not flicker).
     """
 
-    def __init__(self, rms: float, grid: int = 16):
-        self.rms, self.grid = rms, grid
+    def __init__(self, rms: float, grid: int = 16, still: float = 0.3):
+        self.rms, self.grid, self.still = rms, grid, still
         self.ref: torch.Tensor | None = None        # luma source behind the current output
         self.prev: list[torch.Tensor] | None = None  # the previous output planes
+        self.moving = False
 
-    def masks(self, y: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
-        """(N, Hg, Wg) cells to hold for luma planes y (N, H, W); advances the reference."""
+    def masks(self, y: torch.Tensor, importance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cells to hold (N, Hg, Wg) and frames to pass through (N,) for luma planes y (N, H, W)."""
         n, h, w = y.shape
         hold = torch.zeros(importance.shape, dtype=torch.bool)
+        moving = torch.zeros(n, dtype=torch.bool)
         for i in range(n):  # each frame's decision depends on the previous ones
             yi, imp = y[i].float(), importance[i].float()
             if imp.amax() <= 0 or self.rms <= 0:
@@ -278,10 +288,16 @@ class Holder:
                 continue
             if self.ref is not None:
                 mse = F.avg_pool2d(((yi - self.ref) ** 2)[None, None], self.grid, ceil_mode=True)[0, 0]
-                hold[i] = (mse < (self.rms * (1 - imp)) ** 2) & (imp < 1)
-                yi = torch.where(_grow(hold[i][None], self.grid, h, w)[0], self.ref, yi)
+                bg = imp < 1
+                still = (mse < (self.rms * (1 - imp)) ** 2) & bg
+                share = float(still.sum() / bg.sum().clamp(min=1))
+                self.moving = share < self.still * (2 if self.moving else 1)
+                moving[i] = self.moving
+                if not self.moving:
+                    hold[i] = still
+                    yi = torch.where(_grow(still[None], self.grid, h, w)[0], self.ref, yi)
             self.ref = yi
-        return hold
+        return hold, moving
 
     def apply(self, planes: list[torch.Tensor], hold: torch.Tensor) -> list[list[torch.Tensor]]:
         """Per frame, the output planes with held cells taken from the previous output."""
@@ -434,6 +450,7 @@ class Pipeline:
         self.codec = CODECS[o.codec]
         self.boxes: list[list[Box]] = []  # every frame's boxes, for reuse by later passes
         self.with_detections = 0
+        self.moving = 0  # frames passed through because the camera moved
         self._frames = frames
         self.first = next(self._frames, None)
         if self.first is None:
@@ -524,9 +541,11 @@ class Pipeline:
         imp = roi_map(dets, block=grid, config=o.roi).importance
         planes = [torch.from_numpy(np.stack([fr.src[k] for fr in frames])) for k in range(len(frames[0].src))]
         active = imp.flatten(1).amax(1) > 0
-        hold = self.holder.masks(planes[0], imp)
-        q = quantize_planes(planes, imp, self.tables, self.params, grid, (imp < 1) & active[:, None, None] & ~hold)
-        for fr, out, a in zip(frames, self.holder.apply(q, hold), active):
+        hold, moving = self.holder.masks(planes[0], imp)
+        self.moving += int(moving.sum())
+        todo = (imp < 1) & (active & ~moving)[:, None, None] & ~hold
+        q = quantize_planes(planes, imp, self.tables, self.params, grid, todo)
+        for fr, out, a in zip(frames, self.holder.apply(q, hold), active & ~moving):
             fr.out = [p.numpy() for p in out] if a else fr.src
 
 
@@ -696,6 +715,7 @@ def _encode(src, dst: Path, o: VideoOptions, detector, cache, crf, progress, sta
         reader.close()
     st.bytes = writer.bytes
     st.frames_with_detections = pipe.with_detections
+    st.frames_moving = pipe.moving
     st.corrupt_packets = reader.corrupt
     st.duration = float((last - first) * reader.time_base + 1 / reader.rate)
     st.bitrate = st.bytes * 8 / st.duration
