@@ -100,29 +100,6 @@ def read_frames(path: Path, every: int = 1) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
-def read_frames(path: Path, every: int = 1) -> tuple[list[np.ndarray], float]:
-    """Every ``every``-th decoded frame as RGB, and the frame rate (PyAV)."""
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            s = c.streams.video[0]
-            fps = float(s.average_rate or s.guessed_rate or 25)
-            frames = [f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(s)) if i % every == 0]
-    except av.FFmpegError as e:
-        raise VqpError(f"{path}: cannot decode ({e})") from None
-    return frames, fps
-
-
-def encode_clip(codec: Codec, value, src: Path, dst: Path) -> int:
-    """Encode a clip with vqp.video (``preprocess`` on for vqp codecs); returns the frame count."""
-    from vqp.video import VideoOptions, encode_video
-
-    stats = encode_video(src, dst, VideoOptions(codec=codec.encoder, crf=value, preprocess=codec.vqp,
-                                                codec_options=dict(codec.options)))
-    return stats.frames
-
-
 def encode_clip(codec: Codec, value, src: Path, dst: Path, detector) -> int:
     """Encode a clip with vqp.video (``preprocess`` on for vqp codecs); returns the frame count."""
     from vqp.video import VideoOptions, encode_video

@@ -13,7 +13,7 @@ import io
 import json
 import math
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,6 @@ class Config:
     region_conf: float = 0.25   # detector boxes that define the measured object region (_det)
     map_conf: float = 0.001     # detections kept for mAP (as in Ultralytics' val)
     threads: int = 2
-    extra: dict = field(default_factory=dict)
 
 
 def load_config(path: str | Path, out: str | Path | None = None) -> Config:
@@ -59,6 +58,10 @@ def load_config(path: str | Path, out: str | Path | None = None) -> Config:
         raise VqpError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict) or not d.get("datasets") or not d.get("codecs"):
         raise VqpError(f"{path}: needs 'datasets' and 'codecs' lists")
+    unknown = set(d) - {"name", "out", "datasets", "codecs", "grid", "model", "roi_conf", "region_conf", "map_conf",
+                        "threads"}
+    if unknown:
+        raise VqpError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
     grid = d.get("grid", {})
     codecs = [Codec.from_config(c, grid) for c in d["codecs"]]
     names = {c.name for c in codecs}

@@ -85,6 +85,7 @@ def test_coco_map_perfect_and_empty():
     ("datasets: [{kind: mnist}]\ncodecs: [{name: a, encoder: pillow, grid: [1]}]", "kind must be one of"),
     ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow}]", "no grid"),
     ("datasets: [\n", "not valid YAML"),
+    ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1]}]\nthreds: 2", "unknown keys threds"),
 ])
 def test_bad_config(tmp_path, capsys, text, msg):
     p = tmp_path / "bad.yaml"
