@@ -55,6 +55,8 @@ CODECS = {
 
 @dataclass
 class VideoOptions:
+    """How to encode, and how hard to quantize the background; the defaults are `vqp encode`'s."""
+
     codec: str = "libx264"          # libx264 | libx265 | mjpeg | mpeg4
     crf: float | None = None        # x264/x265 CRF (default 23 when no bitrate); mpeg4: fixed qscale 1..31
     bitrate: int | None = None      # bits/s; ABR, or two-pass when two_pass=True
@@ -81,6 +83,8 @@ class VideoOptions:
 
 @dataclass
 class EncodeStats:
+    """What one encode did; ``summary()`` is the line the CLI prints."""
+
     frames: int = 0
     frames_with_detections: int = 0
     seconds: float = 0.0
@@ -435,6 +439,8 @@ class Writer:
 
 @dataclass
 class Frame:
+    """One frame on its way through the pipeline."""
+
     pts: int
     src: list[np.ndarray]               # planes as decoded (converted/cropped)
     boxes: list[Box] = field(default_factory=list)
@@ -492,11 +498,11 @@ class Pipeline:
             idx += 1
             keys += key
             if key and keys >= o.detect_batch:  # bounded memory: a chunk ends at a detection run
-                yield from self._flush(pending, rgbs, every, final=False)
+                yield from self._flush(pending, rgbs, every)
                 pending, rgbs, keys = [], [], 0
-        yield from self._flush(pending, rgbs, every, final=True)
+        yield from self._flush(pending, rgbs, every)
 
-    def _flush(self, pending: list[Frame], rgbs: list[np.ndarray], every: int, final: bool) -> Iterator[Frame]:
+    def _flush(self, pending: list[Frame], rgbs: list[np.ndarray], every: int) -> Iterator[Frame]:
         if not pending:
             return
         o = self.o
@@ -506,7 +512,7 @@ class Pipeline:
         elif self.cache is not None:
             boxes = self.cache[base:base + len(pending)]
         else:
-            boxes = self._track(pending, self.detector(rgbs) if rgbs else [], every, base, final)
+            boxes = self._track(pending, self.detector(rgbs) if rgbs else [], every, base)
         for fr, b in zip(pending, boxes):
             fr.boxes = b
         self.boxes += boxes
@@ -519,7 +525,7 @@ class Pipeline:
             self.holder.ref = None
         yield from pending
 
-    def _track(self, pending, dets: list[Detections], every, base, final) -> list[list[Box]]:
+    def _track(self, pending, dets: list[Detections], every, base) -> list[list[Box]]:
         """Boxes for each pending frame: tracker output at detection runs, interpolated between."""
         keys = [i for i in range(len(pending)) if (base + i) % every == 0]
         out: list[list[Box] | None] = [None] * len(pending)
@@ -531,7 +537,7 @@ class Pipeline:
             out[i] = list(shown.values())
             self.last_run, prev_i = shown, i
         tail = len(pending) - prev_i - 1
-        if tail:  # only at the end of the stream: hold the last run's boxes
+        if tail:  # only at the end of the stream (other chunks end at a run): hold the last run's boxes
             out[prev_i + 1:] = [list((self.last_run or {}).values())] * tail
         return out
 
