@@ -245,6 +245,10 @@ def test_bad_inputs_leave_no_output(tmp_path, detector):
         encode_video(good, tmp_path / "out.mp3", VideoOptions(), detector=detector)
     with pytest.raises(VqpError, match="input file"):
         encode_video(good, good, VideoOptions(), detector=detector)
+    with pytest.raises(VqpError, match="between 1 and 31"):
+        encode_video(good, tmp_path / "out.mp4", VideoOptions(codec="mpeg4", crf=40), detector=detector)
+    with pytest.raises(VqpError, match="at most one"):
+        encode_video(good, tmp_path / "out.mp4", VideoOptions(crf=20, bitrate=10**6), detector=detector)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.m4a", "g.mp4", "junk.mp4", "z.avi"]
 
 

@@ -611,6 +611,8 @@ def _check(o: VideoOptions) -> None:
         raise VqpError("match-crf works with libx264 and libx265")
     if o.crf is not None and not (0 <= o.crf <= 51):
         raise VqpError(f"crf must be between 0 and 51, got {o.crf:g}")
+    if o.codec == "mpeg4" and o.crf is not None and not (1 <= o.crf <= 31):
+        raise VqpError(f"mpeg4 takes a fixed quantizer between 1 and 31 as crf, got {o.crf:g}")
     if o.mjpeg_quality is not None and not 1 <= o.mjpeg_quality <= 100:
         raise VqpError(f"mjpeg quality must be between 1 and 100, got {o.mjpeg_quality}")
     if o.detect_every < 1:
