@@ -10,6 +10,7 @@ speed: wall time of `vqp encode` with default settings against a plain encode, b
     python benchmarks/video.py match --frames 120 --crf 23 28 --json benchmarks/video_match.json
     python benchmarks/video.py speed --frames 120 --json benchmarks/video_speed.json
     python benchmarks/video.py table benchmarks/video_quality.json benchmarks/video_speed.json
+    python benchmarks/video.py plot benchmarks/video_quality.json --png benchmarks/video_quality.png
 """
 from __future__ import annotations
 
@@ -211,10 +212,34 @@ def table(paths: list[str]) -> str:
     return "\n".join(out)
 
 
+def plot(paths: list[str], out: str) -> None:
+    """Bars of vqp - plain PSNR-Y (objects, background) per clip and bitrate, from quality runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for path in paths for r in json.loads(Path(path).read_text()) if r["codec"] == "libx264"]
+    labels = [f"{r['clip'].split('_')[0]}\n{r['target_kbps']:.0f} kb/s" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 4))
+    for off, key, name in ((-0.2, "psnr_obj", "objects"), (0.2, "psnr_bg", "background")):
+        ax.bar(x + off, [r["vqp"][key] - r["plain"][key] for r in rows], 0.4, label=name)
+    ax.axhline(1.0, color="k", ls=":", lw=1, label="+1 dB target (objects)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("PSNR-Y, vqp - plain x264 (dB)")
+    ax.set_title("Equal bitrate, x264 medium two-pass, 120-frame excerpts")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["quality", "match", "speed", "table"])
-    p.add_argument("files", nargs="*", help="table: JSON files written by --json")
+    p.add_argument("what", choices=["quality", "match", "speed", "table", "plot"])
+    p.add_argument("files", nargs="*", help="table/plot: JSON files written by --json")
+    p.add_argument("--png", default="benchmarks/video_quality.png", help="plot: output file")
     p.add_argument("--frames", type=int, default=120, help="excerpt length per clip (default 120)")
     p.add_argument("--clips", help="comma-separated name parts to select clips (default: all 4)")
     p.add_argument("--bpp", type=float, nargs="+", default=[0.04, 0.1], help="target bits per pixel (default 0.04 0.1)")
@@ -230,6 +255,9 @@ def main() -> None:
     args = p.parse_args()
     if args.what == "table":
         print(table(args.files))
+        return
+    if args.what == "plot":
+        plot(args.files, args.png)
         return
     torch.set_num_threads(int(os.environ.get("VQP_THREADS", 2)))
     rows = {"quality": run_quality, "match": run_match, "speed": run_speed}[args.what](args)
