@@ -353,13 +353,13 @@ def bd_rates(rows: list[dict], codecs: list[Codec]) -> list[dict]:
                     a = sorted((p[rate], p[m]) for p in base if p.get(m) is not None)
                     row[m] = bd_rate_safe(a, t)
                 out.append(row)
-    # clips: one group per clip, plus the mean over the clips of a dataset
+    # clips: one group per clip, plus per metric the mean over the clips of a dataset that have a value
     per_set: dict = {}
     for r in out:
         if "/" in r["group"]:
             per_set.setdefault((r["group"].split("/")[0], r["codec"], r["anchor"]), []).append(r)
     for (ds, codec, anchor), rs in per_set.items():
-        out.append({"group": f"{ds} (mean of {len(rs)})", "codec": codec, "anchor": anchor,
+        out.append({"group": f"{ds} (mean)", "codec": codec, "anchor": anchor,
                     **{m: _nanmean([r.get(m) for r in rs]) for m in metrics}})
     return out
 

@@ -80,6 +80,8 @@ def markdown(name: str, rows: list[dict], bd: list[dict], plots: dict[str, str],
         out += ["**Warning: the cached points come from different versions of vqp's source; start a fresh "
                 "output folder for comparable numbers.**", ""]
     out += ["## BD-rate (%) against the anchor (negative: fewer bits for the same quality)", "",
+            "BD-rates use each curve's Pareto front (bjontegaard, pchip); n/a: fewer than 3 points on a front or "
+            "no value. `(mean)` rows average, per metric, the clips that have a value.", "",
             "| group | codec | anchor | " + " | ".join(BD_COLUMNS) + " |", "|" + "---|" * (3 + len(BD_COLUMNS))]
     for r in bd:
         out.append(f"| {r['group']} | {r['codec']} | {r['anchor']} | " +
