@@ -122,7 +122,19 @@ def test_timestamps_rotation_and_audio_are_kept(tmp_path, detector):
     assert frames[0].rotation == 90
     with av.open(str(src)) as a, av.open(str(tmp_path / "out.mp4")) as b:
         assert [bytes(p) for p in a.demux(audio=0) if p.size] == [bytes(p) for p in b.demux(audio=0) if p.size]
-    assert st.audio_streams == 1 and st.frames == 8
+    assert st.copied_streams == 1 and st.frames == 8
+
+
+def test_subtitles_are_copied(tmp_path, detector):
+    clip = make_clip(tmp_path / "c.mp4", moving_square(10))
+    (tmp_path / "s.srt").write_text("1\n00:00:00,000 --> 00:00:00,500\nhello\n\n2\n00:00:00,500 --> 00:00:00,900\nworld\n")
+    src = tmp_path / "sub.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(clip), "-i", str(tmp_path / "s.srt"), "-c", "copy",
+                    "-c:s", "srt", str(src)], check=True)
+    st = encode_video(src, tmp_path / "out.mkv", VideoOptions(**FAST), detector=detector)
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mkv")) as b:
+        assert [s.type for s in b.streams] == ["video", "subtitle"] and st.copied_streams == 1
+        assert [bytes(p) for p in a.demux(subtitles=0) if p.size] == [bytes(p) for p in b.demux(subtitles=0) if p.size]
 
 
 @pytest.mark.parametrize("codec,ext,name", [("libx265", "mkv", "hevc"), ("mjpeg", "avi", "mjpeg"), ("mpeg4", "mp4", "mpeg4")])

@@ -100,7 +100,7 @@ class EncodeStats:
     codec: str = ""
     crf: float | None = None        # the CRF used (the one found by --match-crf)
     plain_crf: float | None = None
-    audio_streams: int = 0
+    copied_streams: int = 0         # audio and subtitle streams copied from the input
     frames_moving: int = 0          # frames passed through untouched because the camera moved
 
     def summary(self) -> str:
@@ -139,7 +139,7 @@ class Reader:
         self.path = p
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
-        self.audio = list(self.container.streams.audio)
+        self.others = [s for s in self.container.streams if s.type in ("audio", "subtitle")]  # copied as they are
         self.corrupt = 0
         rate = self.stream.average_rate or self.stream.guessed_rate or Fraction(25)
         self.rate = Fraction(rate)
@@ -149,8 +149,8 @@ class Reader:
     def close(self) -> None:
         self.container.close()
 
-    def _decoded(self, on_audio: Callable | None) -> Iterator[av.VideoFrame]:
-        streams = [self.stream] + (self.audio if on_audio else [])
+    def _decoded(self, on_other: Callable | None) -> Iterator[av.VideoFrame]:
+        streams = [self.stream] + (self.others if on_other else [])
         packets = self.container.demux(streams)
         while True:
             try:
@@ -161,9 +161,9 @@ class Reader:
                 self.corrupt += 1
                 log.warning("vqp: %s: stopped reading at a damaged part of the file (%s)", self.path, _msg(e))
                 return
-            if packet.stream.type == "audio":
+            if packet.stream is not self.stream:
                 if packet.dts is not None:
-                    on_audio(packet)
+                    on_other(packet)
                 continue
             if packet.is_corrupt:
                 self.corrupt += 1
@@ -173,7 +173,7 @@ class Reader:
             except av.FFmpegError:
                 self.corrupt += 1
 
-    def frames(self, on_audio: Callable | None = None, lag: int = 16) -> Iterator[av.VideoFrame]:
+    def frames(self, on_other: Callable | None = None, lag: int = 16) -> Iterator[av.VideoFrame]:
         """Frames with strictly increasing pts.
 
         Some containers (AVI with B-frames) give decoded frames their packets' decode-order stamps;
@@ -193,7 +193,7 @@ class Reader:
             f.pts, f.time_base, last = pts, self.time_base, pts
             return f
 
-        for f in self._decoded(on_audio):
+        for f in self._decoded(on_other):
             if f.pts is not None:
                 heapq.heappush(stamps, f.pts)
             pending.append(f)
@@ -397,7 +397,7 @@ def _jpeg_tables(o: VideoOptions, fmt: str) -> torch.Tensor:
 
 
 class Writer:
-    """Muxes encoded video and copied audio into ``path`` (written by the caller atomically)."""
+    """Muxes encoded video and copied audio/subtitle packets into ``path`` (the caller makes it atomic)."""
 
     def __init__(self, path: str, o: VideoOptions, fmt: str, w: int, h: int, reader: Reader, crf, rotation: int,
                  flags: int = 0, stats: str | None = None):
@@ -411,19 +411,24 @@ class Writer:
         except (av.FFmpegError, ValueError) as e:
             self.container.close()
             raise VqpError(f"cannot encode {o.codec} into {Path(path).suffix or 'this'} container ({_msg(e)})") from None
-        self.audio = {}
-        for a in reader.audio:
+        self.copied = {}
+        for a in reader.others:
             try:
-                self.audio[a.index] = self.container.add_stream_from_template(a)
+                self.copied[a.index] = self.container.add_stream_from_template(a)
             except (av.FFmpegError, ValueError) as e:
-                log.warning("vqp: audio stream %d not copied: %s", a.index, _msg(e))
+                log.warning("vqp: %s stream %d not copied: %s", a.type, a.index, _msg(e))
         self.bytes = 0
 
-    def add_audio(self, packet: av.Packet) -> None:
-        out = self.audio.get(packet.stream.index)
+    def add_other(self, packet: av.Packet) -> None:
+        index = packet.stream.index
+        out = self.copied.get(index)
         if out is not None:
             packet.stream = out
-            self.container.mux(packet)
+            try:
+                self.container.mux(packet)
+            except av.FFmpegError as e:  # the container refuses this stream's packets: drop the stream
+                log.warning("vqp: stream %d no longer copied: %s", index, _msg(e))
+                self.copied.pop(index)
 
     def add(self, frame: av.VideoFrame | None) -> None:
         for p in self.video.encode(frame):
@@ -673,23 +678,23 @@ def _encode(src, dst: Path, o: VideoOptions, detector, cache, crf, progress, sta
     writer = None
     early: list[av.Packet] = []
 
-    def audio(packet):
+    def other(packet):
         if o.max_frames and packet.pts is not None and packet.pts * packet.time_base > o.max_frames / reader.rate:
             return  # an excerpt: audio past the last frame is left out
-        early.append(packet) if writer is None else writer.add_audio(packet)
+        early.append(packet) if writer is None else writer.add_other(packet)
 
     try:
-        pipe = Pipeline(reader.frames(audio), str(src), o, detector, cache)
+        pipe = Pipeline(reader.frames(other), str(src), o, detector, cache)
         w, h, fmt = pipe.width, pipe.height, pipe.fmt
         flags = av.codec.context.Flags.pass2 if stats_file else 0
         writer = Writer(tmp, o, fmt, w, h, reader, crf, pipe.rotation, flags, stats_file)
         for p in early:
-            writer.add_audio(p)
+            writer.add_other(p)
         plain = None
         if plain_crf is not None:
             po = VideoOptions(**{**o.__dict__, "match_crf": None, "two_pass": False})
             plain = _counter(po, fmt, w, h, reader.time_base, reader.rate, plain_crf)
-        st = EncodeStats(width=w, height=h, codec=o.codec, audio_streams=len(writer.audio))
+        st = EncodeStats(width=w, height=h, codec=o.codec, copied_streams=len(writer.copied))
         first = last = None
         bar = tqdm(total=reader.total, unit="f", disable=not progress or callable(progress), desc=dst.name, leave=False)
         for fr in pipe:
