@@ -184,3 +184,6 @@ def test_unlabelled_images_and_video_frames(tmp_path, samples):
     assert all(max(s.rgb.shape[:2]) <= IMGSZ and not len(s.cls) for s in got)
     with pytest.raises(VqpError):
         load_unlabelled([str(tmp_path / "missing")], IMGSZ, 3)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(VqpError):
+        load_unlabelled([str(tmp_path / "bad.png")], IMGSZ, 3)

@@ -97,8 +97,7 @@ def robustness(data: str | Path, st: Settings, out: str | Path | None = None, mo
 
 def load_unlabelled(paths: Sequence[str], imgsz: int, frame_step: int) -> list[Sample]:
     """Images (files or folders) and video frames (every ``frame_step``-th, via PyAV) without labels."""
-    from PIL import Image
-
+    from ..imageio import load_image
     from .robustness import IMAGE_EXTS
 
     out = []
@@ -108,7 +107,7 @@ def load_unlabelled(paths: Sequence[str], imgsz: int, frame_step: int) -> list[S
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             if f.suffix.lower() in IMAGE_EXTS:
-                out.append(Sample(f.stem, resize_long(np.asarray(Image.open(f).convert("RGB")), imgsz)[0]))
+                out.append(Sample(f.stem, resize_long(load_image(f).rgb, imgsz)[0]))
             elif f.suffix.lower() in VIDEO_EXTS:
                 import av
 

@@ -55,7 +55,10 @@ def load_yolo(root: str | Path, size: int, limit: int | None = None) -> list[Sam
         raise VqpError(f"{root}: no images in an images/ folder (YOLO layout: images/..., labels/...)")
     out = []
     for f in files[:limit]:
-        rgb, _ = resize_long(np.asarray(Image.open(f).convert("RGB")), size)
+        try:
+            rgb, _ = resize_long(np.asarray(Image.open(f).convert("RGB")), size)
+        except OSError as e:
+            raise VqpError(f"{f}: cannot read image ({e})") from None
         h, w = rgb.shape[:2]
         parts = list(f.parts)
         parts[len(parts) - 1 - parts[::-1].index("images")] = "labels"
