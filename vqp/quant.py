@@ -129,7 +129,7 @@ def prepare(rgb: torch.Tensor, subsampling: str = "4:2:0") -> Prepared:
     return Prepared(rgb, ycc, dct2(blockify(ycc[:, :1] - 128)), dct2(blockify(chroma - 128)), sub)
 
 
-def _requantize(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor, p: QuantParams) -> torch.Tensor:
+def requantize_blocks(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor, p: QuantParams) -> torch.Tensor:
     """Round coefficients to per-block steps; imp is (N, Hb, Wb) on this plane's block grid."""
     bg = (1 - imp)[:, None, :, :, None, None]  # (N, 1, Hb, Wb, 1, 1)
     mult = 1 + (p.strength - 1) * bg
@@ -151,8 +151,8 @@ def requantize(prep: Prepared, importance: torch.Tensor, tables: torch.Tensor,
     imp = importance.to(prep.ycc.device, torch.float32)
     imp = F.pad(imp[:, None], (0, wp // 8 - imp.shape[-1], 0, hp // 8 - imp.shape[-2]), mode="replicate")[:, 0]
     imp_c = F.max_pool2d(imp[:, None], sub)[:, 0] if sub > 1 else imp  # an MCU is as important as its best block
-    y = unblockify(idct2(_requantize(prep.coef_y, tables[0], imp, params))) + 128
-    c = unblockify(idct2(_requantize(prep.coef_c, tables[1], imp_c, params))) + 128
+    y = unblockify(idct2(requantize_blocks(prep.coef_y, tables[0], imp, params))) + 128
+    c = unblockify(idct2(requantize_blocks(prep.coef_c, tables[1], imp_c, params))) + 128
     if sub > 1:
         c = c.repeat_interleave(sub, 2).repeat_interleave(sub, 3)  # the encoder's 2x2 average gives c back
     keep_y = (imp == 1).repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None]

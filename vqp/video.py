@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import VqpError
-from .quant import QuantParams, _requantize, annex_k_tables, dct2, idct2
+from .quant import QuantParams, requantize_blocks, annex_k_tables, dct2, idct2
 from .roi import RoiConfig, roi_map
 from .track import TrackConfig, Tracker, between
 from .types import Box, Detections
@@ -255,7 +255,7 @@ def quantize_planes(planes: list[torch.Tensor], importance: torch.Tensor, tables
         blocks = x.reshape(n, hb, 8, wb, 8).transpose(2, 3).clone()  # (N, hb, wb, 8, 8)
         if sel.any():
             coef = dct2(blocks[sel].float() - 128)[None, None, :, None]  # (1, 1, M, 1, 8, 8)
-            q = _requantize(coef, tables[min(k, 1)], imp[sel][None, :, None], params)
+            q = requantize_blocks(coef, tables[min(k, 1)], imp[sel][None, :, None], params)
             blocks[sel] = torch.clamp(torch.round(idct2(q) + 128), 0, 255).to(torch.uint8)[0, 0, :, 0]
         out.append(blocks.transpose(2, 3).reshape(n, hb * 8, wb * 8)[:, : plane.shape[1], : plane.shape[2]])
     return out
