@@ -48,6 +48,30 @@ def markdown(rep: dict, seconds: float, cmd: str) -> str:
     return "\n".join(lines)
 
 
+def check_map(sizes=(256, 640)) -> None:
+    """Our mAP path against Ultralytics' own model.val on all of coco128 (copied to a temp folder,
+    so Ultralytics' label cache is not written into ../shared)."""
+    import tempfile
+
+    from ultralytics import YOLO
+
+    from vqp.repair.robustness import Predictor, load_model, load_yolo, score
+
+    model, src = load_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        for sub in ("images", "labels"):
+            shutil.copytree(DEFAULT_DATA / sub, Path(tmp) / sub)
+        yaml = Path(tmp) / "data.yaml"
+        yaml.write_text((DEFAULT_DATA / "data.yaml").read_text().replace("path: .", f"path: {tmp}"))
+        for sz in sizes:
+            s = load_yolo(tmp, sz)
+            ours = score(Predictor(model, sz)([x.rgb for x in s]), s, 80)
+            v = YOLO(src).val(data=str(yaml), imgsz=sz, batch=8, device="cpu", plots=False, verbose=False,
+                              workers=0, project=str(Path(tmp) / "runs"))
+            print(f"imgsz {sz}: vqp.repair mAP50-95 {100 * ours['map']:.1f} / mAP50 {100 * ours['map50']:.1f}; "
+                  f"Ultralytics model.val {100 * v.box.map:.1f} / {100 * v.box.map50:.1f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -59,8 +83,12 @@ def main() -> int:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--bn-stats", action="store_true", help="let BatchNorm update its statistics (first run)")
     ap.add_argument("--out", default="out/repair-bench")
+    ap.add_argument("--check-map", action="store_true", help="only compare our mAP with Ultralytics' model.val")
     a = ap.parse_args()
     torch.set_num_threads(2)
+    if a.check_map:
+        check_map()
+        return 0
     kw = {k: v for k, v in (("steps", a.steps), ("severities", a.severities), ("limit", a.limit),
                             ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr)) if v is not None}
     kw["freeze_bn"] = not a.bn_stats
