@@ -34,7 +34,7 @@ def markdown(rep: dict, seconds: float, cmd: str) -> str:
              f"{len(rep['split']['repair'])} repair / {len(rep['split']['eval'])} held-out images, "
              f"severities {rep['severities']}, {rep['budget']['steps']} steps x batch {rep['budget']['batch']}, "
              f"AdamW lr {rep['budget']['lr']}, BatchNorm statistics {'frozen' if rep['budget']['freeze_bn'] else 'updated'}, "
-             f"top-k blocks {rep['top_k']}.", "",
+             f"tuned blocks {rep['tuned_blocks']} (ranked top-k {rep['top_k']}).", "",
              "| model | clean mAP50-95 | mPC common | rPC common | mPC held-out | rPC held-out | mPC codecs | trainable params |",
              "|---|---|---|---|---|---|---|---|"]
     params = {"original": 0, **rep["budget"]["trainable_params"]}
@@ -81,6 +81,9 @@ def main() -> int:
     ap.add_argument("--imgsz", type=int)
     ap.add_argument("--top-k", type=int)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--blocks", type=lambda s: [int(x) for x in s.split(",")], help="tune these blocks (ablation)")
+    ap.add_argument("--no-compare", action="store_true", help="skip the whole-network baseline")
+    ap.add_argument("--tag", default="", help="suffix for the files copied next to RESULTS.md")
     ap.add_argument("--bn-stats", action="store_true", help="let BatchNorm update its statistics (first run)")
     ap.add_argument("--out", default="out/repair-bench")
     ap.add_argument("--check-map", action="store_true", help="only compare our mAP with Ultralytics' model.val")
@@ -92,12 +95,15 @@ def main() -> int:
     kw = {k: v for k, v in (("steps", a.steps), ("severities", a.severities), ("limit", a.limit),
                             ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr)) if v is not None}
     kw["freeze_bn"] = not a.bn_stats
+    kw["compare"] = not a.no_compare
+    if a.blocks:
+        kw["blocks"] = a.blocks
     st = Settings.quick(**kw) if a.quick else Settings(**kw)
     t = time.time()
     with progress_bar("bench") as bar:
         rep = repair(DEFAULT_DATA, a.out, st, progress=bar)
     secs = time.time() - t
-    tag = "_quick" if a.quick else ""
+    tag = ("_quick" if a.quick else "") + (f"_{a.tag}" if a.tag else "")
     for src, dst in (("heatmap.png", f"repair_heatmap{tag}.png"), ("blocks.png", f"repair_blocks{tag}.png"),
                      ("report.json", f"repair_report{tag}.json")):
         shutil.copyfile(Path(a.out) / src, HERE / dst)

@@ -142,6 +142,9 @@ def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "r"), "--corruptions", "spatter"]) == 2
     assert "held-out corruption spatter" in capsys.readouterr().err
     assert main(["robustness", str(tmp_path / "missing")]) == 2
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "r"), "--model", MODEL, "--imgsz", str(IMGSZ),
+                 "--corruptions", "fog", "--held-out", "", "--codecs", "", "--severities", "1", "--blocks", "11"]) == 2
+    assert "block 11 has no parameters" in capsys.readouterr().err
 
 
 def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
@@ -153,6 +156,7 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert not set(rep["split"]["repair"]) & set(rep["split"]["eval"])
     assert set(rep["results"]) == {"original", "block", "whole"} and len(rep["top_k"]) == 2
+    assert rep["tuned_blocks"] == rep["top_k"]
     assert rep["budget"]["trainable_params"]["block"] < rep["budget"]["trainable_params"]["whole"]
     assert {"mpc_common", "rpc_common", "mpc_held_out", "clean_map"} <= set(rep["results"]["block"])
     assert (out / "heatmap.png").exists() and (out / "blocks.png").exists()

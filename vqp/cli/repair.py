@@ -63,7 +63,7 @@ def settings_from_args(args):
     kw = {k: v for k, v in (("imgsz", args.imgsz), ("corruptions", args.corruptions), ("held_out", args.held_out),
                             ("codecs", args.codecs), ("severities", args.severities), ("limit", args.limit))
           if v is not None}
-    for k in ("top_k", "steps", "batch", "lr", "seed"):
+    for k in ("top_k", "steps", "batch", "lr", "seed", "blocks"):
         if getattr(args, k, None) is not None:
             kw[k] = getattr(args, k)
     if getattr(args, "no_compare", False):
@@ -83,6 +83,7 @@ def register(sub) -> None:
     add_run_args(p)
     g = p.add_argument_group("repair")
     g.add_argument("--top-k", type=int, help="number of most vulnerable blocks to fine-tune (default 4)")
+    g.add_argument("--blocks", type=_ints, help="comma-separated block indices to tune instead of the top-k (ablation)")
     g.add_argument("--steps", type=int, help="optimizer steps (default 200; quick 12)")
     g.add_argument("--batch", type=int, help="images per step (default 8)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
@@ -100,7 +101,7 @@ def run(args) -> int:
         raise VqpError(f"{out}: exists and is not a folder")
     with progress_bar("repair") as bar:
         rep = repair(args.data, out, settings_from_args(args), args.model, bar)
-    print(json.dumps({"checkpoint": rep["checkpoint"], "top_k": rep["top_k"],
+    print(json.dumps({"checkpoint": rep["checkpoint"], "top_k": rep["top_k"], "tuned_blocks": rep["tuned_blocks"],
                       "results": {m: {k: v for k, v in r.items() if k != "cells"} for m, r in rep["results"].items()},
                       "delta": rep["delta"]}, indent=1))
     return 0

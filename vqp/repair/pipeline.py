@@ -39,6 +39,7 @@ class Settings:
     lr: float = 1e-4
     compare: bool = True              # also fine-tune the whole network at the same budget
     freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
+    blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
     seed: int = 0
     extra: Sequence[str] = field(default_factory=tuple)  # unlabelled images, folders or videos
     frame_step: int = 10              # every n-th frame of an extra video
@@ -173,7 +174,13 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     step("localization", 0, 1, "")
     blocks = rank_blocks(model, [s.rgb for s in pairs], corrupted, pairs, st.imgsz)
     chosen = top_k(blocks, st.top_k)
-    step("localization", 1, 1, f"top-{st.top_k}: {chosen}")
+    if st.blocks is not None:
+        trainable = {r["index"] for r in blocks if r["params"]}
+        bad = [b for b in st.blocks if b not in trainable]
+        if bad:
+            raise VqpError(f"block {bad[0]} has no parameters; choose from {sorted(trainable)}")
+        chosen = list(st.blocks)
+    step("localization", 1, 1, f"tuning blocks {chosen}")
 
     # 3. repair at equal budget
     kw = dict(steps=st.steps, imgsz=st.imgsz, batch=st.batch, lr=st.lr, seed=st.seed, freeze_bn=st.freeze_bn)
@@ -202,7 +209,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
                              "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
                              "samples": [{"image": f.name, "corruption": f.corruption, "severity": f.severity,
                                           "missed": f.missed} for f in failures]},
-        "blocks": blocks, "top_k": chosen, "losses": losses,
+        "blocks": blocks, "top_k": top_k(blocks, st.top_k), "tuned_blocks": chosen, "losses": losses,
         "results": {m: {**summary(r), "cells": {g: r[g] for g in groups(st)}} for m, r in ev.items()},
     }
     report["delta"] = {m: {k: round(v - report["results"]["original"][k], 4) for k, v in summary(ev[m]).items()}
