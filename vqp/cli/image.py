@@ -78,7 +78,9 @@ def run(args) -> int:
             tqdm.write(json.dumps({"input": str(src), "output": str(dst), **s}))
         else:
             plain = f"{s['plain_bytes']} B plain" if s["plain_bytes"] else "no plain reference"
-            tqdm.write(f"{src} -> {dst}: {len(r.detections)} detections, quality {r.quality}, "
+            n = len(r.detections)
+            how = f"strength {r.params.strength:g}" if r.params else "passed through"
+            tqdm.write(f"{src} -> {dst}: {n} detection{'s' * (n != 1)}, quality {r.quality}, {how}, "
                        f"{r.size} B vs {plain}" + (f" (x{s['ratio']:.3f})" if s["ratio"] else ""))
     if failed:
         raise VqpError(f"{failed} of {len(pairs)} files failed")
