@@ -17,7 +17,7 @@ from .quant import RGB2YCC
 def luma(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
     """JFIF Y of (..., H, W, 3) uint8 RGB (or (N, 3, H, W) tensors) as float."""
     if isinstance(rgb, np.ndarray):
-        rgb = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        rgb = torch.from_numpy(np.require(rgb, requirements=("C", "W"))).permute(2, 0, 1)
     w = RGB2YCC[0].to(rgb.device)
     return torch.einsum("c,...chw->...hw", w, rgb.float())
 
