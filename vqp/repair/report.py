@@ -76,7 +76,7 @@ def block_plot(rows: list[dict], path: str | Path, k: int = 3) -> None:
     for r in rows:
         if "rank" in r:
             ax[0].text(r["index"], r["drift"], str(r["rank"]), ha="center", va="bottom", fontsize=7)
-    ax[0].set_title(f"block vulnerability (numbers: rank, 1 = most vulnerable; red: the {k} tuned)", fontsize=9)
+    ax[0].set_title(f"block vulnerability (numbers: rank, 1 = most vulnerable; red: the top {k})", fontsize=9)
     _save_fig(fig, path)
 
 
