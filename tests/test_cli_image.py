@@ -138,3 +138,13 @@ def test_real_process_exit_code_and_one_line(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [f"vqp: error: {bad}: not an image Pillow can read"]
+
+
+def test_weight_free_fallback_end_to_end(png, tmp_path, capsys):
+    out = tmp_path / "out.jpg"
+    assert main(["image", str(png), str(out), "--model", "opencv", "--match-quality", "50"]) == 0
+    line = capsys.readouterr().out
+    assert "strength" in line and "passed through" not in line  # the Haar face drove the quantizer
+    plain = tmp_path / "plain.jpg"
+    Image.open(png).save(plain, quality=50)
+    assert out.stat().st_size <= plain.stat().st_size
