@@ -99,8 +99,8 @@ def load_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int 
     return Picture(np.ascontiguousarray(rgb), exif_bytes, icc if icc_ok else None, im.mode)
 
 
-def write_atomic(dest: str | os.PathLike, data: bytes) -> None:
-    """Write through a temp file in the destination folder, then rename: never a partial file."""
+def reserve_temp(dest: str | os.PathLike, suffix: str = ".part") -> str:
+    """Create an empty temp file beside ``dest`` (same folder, so the final rename is atomic)."""
     dest = Path(dest)
     if dest.is_dir():
         raise VqpError(f"{dest}: is a directory")
@@ -108,14 +108,26 @@ def write_atomic(dest: str | os.PathLike, data: bytes) -> None:
     if not folder.is_dir():
         raise VqpError(f"{dest}: folder {folder} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=folder)
     except OSError as e:
         raise VqpError(f"cannot write {dest}: {e.strerror}") from None
+    os.close(fd)
+    return tmp
+
+
+def publish(tmp: str, dest: str | os.PathLike) -> None:
+    """Give a finished temp file the usual permissions (mkstemp makes 0600) and rename it to ``dest``."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, dest)
+
+
+def write_atomic(dest: str | os.PathLike, data: bytes) -> None:
+    """Write through a temp file in the destination folder, then rename: never a partial file."""
+    tmp = reserve_temp(dest)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, dest)
+        publish(tmp, dest)
     except OSError as e:
         os.unlink(tmp) if os.path.exists(tmp) else None
         raise VqpError(f"cannot write {dest}: {e.strerror}") from None

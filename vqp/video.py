@@ -12,7 +12,6 @@ import heapq
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import VqpError
+from .imageio import publish, reserve_temp
 from .quant import QuantParams, requantize_blocks, annex_k_tables, dct2, idct2
 from .roi import RoiConfig, roi_map
 from .track import TrackConfig, Tracker, between
@@ -33,8 +33,6 @@ from .types import Box, Detections
 
 log = logging.getLogger("vqp")
 DETECT_SIZE = 320  # detector input for video: objects in motion need less detail, and it runs on the encode's time
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -589,20 +587,6 @@ def detect_clip(src: str | os.PathLike, detector=None, every: int = 1, batch: in
     return out
 
 
-def _temp_path(dst: Path) -> str:
-    folder = dst.parent if str(dst.parent) else Path(".")
-    if dst.is_dir():
-        raise VqpError(f"{dst}: is a directory")
-    if not folder.is_dir():
-        raise VqpError(f"{dst}: folder {folder} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".part{dst.suffix}", dir=folder)
-    except OSError as e:
-        raise VqpError(f"cannot write {dst}: {e.strerror}") from None
-    os.close(fd)
-    return tmp
-
-
 def _check(o: VideoOptions) -> None:
     if o.codec not in CODECS:
         raise VqpError(f"unknown codec {o.codec!r}; choose one of {', '.join(CODECS)}")
@@ -644,7 +628,7 @@ def encode_video(src: str | os.PathLike, dst: str | os.PathLike, options: VideoO
     stats_file = None
     try:
         if o.two_pass:
-            stats_file = _temp_path(dst)
+            stats_file = reserve_temp(dst, f".part{dst.suffix}")
             cache = _first_pass(src, o, detector, stats_file)
         while True:
             st, cache = _encode(src, dst, o, detector, cache, crf, progress, stats_file,
@@ -674,7 +658,7 @@ def _encode(src, dst: Path, o: VideoOptions, detector, cache, crf, progress, sta
     from tqdm import tqdm
 
     reader = Reader(src)
-    tmp = _temp_path(dst)
+    tmp = reserve_temp(dst, f".part{dst.suffix}")
     writer = None
     early: list[av.Packet] = []
 
@@ -709,8 +693,7 @@ def _encode(src, dst: Path, o: VideoOptions, detector, cache, crf, progress, sta
                 progress(st.frames / reader.total if reader.total else None)
         bar.close()
         writer.close()
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, dst)
+        publish(tmp, dst)
     except BaseException as e:
         if writer is not None:
             try:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import copy
 import datetime
 import os
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..imageio import publish, reserve_temp
 from .robustness import Predictor, Sample, to_tensor
 
 
@@ -109,15 +108,10 @@ def save_checkpoint(model: torch.nn.Module, source: str | os.PathLike, dest: str
     ckpt = torch.load(source, map_location="cpu", weights_only=False)
     ckpt.update(model=copy.deepcopy(model).half(), ema=None, optimizer=None, updates=None,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(), repair=note)
-    dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    tmp = reserve_temp(dest)
     try:
         torch.save(ckpt, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, dest)
+        publish(tmp, dest)
     except BaseException:
         os.unlink(tmp)
         raise
