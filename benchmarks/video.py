@@ -94,13 +94,18 @@ def scores(ref: list[torch.Tensor], out: list[torch.Tensor], dets, msssim_every:
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
+def selected_clips(args) -> list:
+    """The shared clips whose names contain one of the --clips keys (all when none given)."""
+    return [c for c in clips() if not args.clips or any(k in c.name for k in args.clips.split(","))]
+
+
 def run_quality(args) -> list[dict]:
     det = load_detector(imgsz=args.imgsz)
     measure = load_detector(imgsz=args.measure_imgsz)
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))
     base = VideoOptions(**json.loads(args.set or "{}"))
-    for clip in [c for c in clips() if not args.clips or any(k in c.name for k in args.clips.split(","))]:
+    for clip in selected_clips(args):
         src = excerpt(clip, args.frames, tmp)
         ref = luma(src)
         dets = detect_clip(src, measure)  # the object region: boxes on the original frames, every frame
@@ -145,7 +150,7 @@ def run_match(args) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))
     base = VideoOptions(**json.loads(args.set or "{}"))
     rows = []
-    for clip in [c for c in clips() if not args.clips or any(k in c.name for k in args.clips.split(","))]:
+    for clip in selected_clips(args):
         src = excerpt(clip, args.frames, tmp)
         ref, dets = luma(src), detect_clip(src, measure)
         for c in args.crf:
@@ -166,7 +171,7 @@ def run_speed(args) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))
     base = VideoOptions(**json.loads(args.set or "{}"))
     rows = []
-    for clip in [c for c in clips() if not args.clips or any(k in c.name for k in args.clips.split(","))]:
+    for clip in selected_clips(args):
         src = excerpt(clip, args.frames, tmp)
         encode_video(src, tmp / "warm.mp4", base, detector=det)  # model warm-up, not timed
         t = {"plain": [], "vqp": []}
