@@ -28,7 +28,6 @@ class Picture:
     rgb: np.ndarray          # (H, W, 3) uint8
     exif: bytes | None = None
     icc: bytes | None = None
-    source_mode: str = "RGB"
 
 
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
@@ -96,7 +95,7 @@ def load_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int 
             icc_ok = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip() == "RGB"
         except Exception:
             icc_ok = False
-    return Picture(np.ascontiguousarray(rgb), exif_bytes, icc if icc_ok else None, im.mode)
+    return Picture(np.ascontiguousarray(rgb), exif_bytes, icc if icc_ok else None)
 
 
 def reserve_temp(dest: str | os.PathLike, suffix: str = ".part") -> str:
@@ -129,12 +128,6 @@ def write_atomic(dest: str | os.PathLike, data: bytes) -> None:
             f.write(data)
         publish(tmp, dest)
     except OSError as e:
-        os.unlink(tmp) if os.path.exists(tmp) else None
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise VqpError(f"cannot write {dest}: {e.strerror}") from None
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False

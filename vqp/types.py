@@ -1,7 +1,7 @@
 """Small typed records passed between the pipeline stages."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -17,10 +17,6 @@ class Box:
     conf: float
     cls: int
     name: str
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.x2 - self.x1) * max(0.0, self.y2 - self.y1)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -53,7 +49,6 @@ class RoiMap:
     block: int
     height: int
     width: int
-    extra: dict = field(default_factory=dict)
 
     @property
     def active(self) -> torch.Tensor:
