@@ -14,7 +14,9 @@ from vqp.imageio import Picture
 from vqp.jpeg import ENCODERS, get_encoder, save_jpeg
 from vqp.types import Detections
 
-VIDEO_ENCODERS = ("libx264", "libx265", "mjpeg")
+from vqp.codecs import CODECS as VIDEO_CODECS
+
+VIDEO_ENCODERS = tuple(VIDEO_CODECS)
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,8 @@ class Codec:
     ``equal_bytes`` names the plain codec whose file size at the same grid point vqp must not exceed:
     images pass it as ``save_jpeg(target_size=...)``; clips use vqp.video's ``match_crf`` (a plain
     encode with the same encoder and options at that CRF), so both curves meet point by point.
-    ``anchors`` are the codecs this one's BD-rates are computed against.
+    ``anchors`` are the codecs this one's BD-rates are computed against. ``options`` go to the
+    encoder as they are; ``settings`` are vqp.video.VideoOptions fields (method, roi_object, ...).
     """
 
     name: str
@@ -34,6 +37,7 @@ class Codec:
     equal_bytes: str | None = None
     anchors: tuple = ()
     options: dict = field(default_factory=dict, hash=False, compare=False)
+    settings: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -48,7 +52,8 @@ class Codec:
 
     def key(self) -> str:
         """Everything that changes this codec's output, for the cache of finished points."""
-        return repr((self.encoder, self.vqp, self.equal_bytes, sorted(self.options.items())))
+        return repr((self.encoder, self.vqp, self.equal_bytes, sorted(self.options.items()))
+                    + ((tuple(sorted(self.settings.items())),) if self.settings else ()))
 
     @classmethod
     def from_config(cls, d: dict, default_grid: dict) -> "Codec":
@@ -64,11 +69,11 @@ class Codec:
         grid = d.pop("grid", None) or default_grid.get(kind)
         if not grid:
             raise VqpError(f"codec {d['name']}: no grid (give 'grid' or a default 'grid: {{{kind}: [...]}}')")
-        unknown = set(d) - {"name", "encoder", "vqp", "equal_bytes", "anchors", "options"}
+        unknown = set(d) - {"name", "encoder", "vqp", "equal_bytes", "anchors", "options", "settings"}
         if unknown:
             raise VqpError(f"codec {d['name']}: unknown keys {', '.join(sorted(unknown))}")
         return cls(d["name"], enc, tuple(grid), bool(d.get("vqp", False)), d.get("equal_bytes"),
-                   tuple(d.get("anchors", ())), dict(d.get("options", {})))
+                   tuple(d.get("anchors", ())), dict(d.get("options", {})), dict(d.get("settings", {})))
 
 
 def encode_image(codec: Codec, rgb: np.ndarray, value, dets: Detections, budget: int | None = None) -> tuple[bytes, int]:
@@ -100,10 +105,11 @@ def read_frames(path: Path, every: int = 1) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
-def encode_clip(codec: Codec, value, src: Path, dst: Path, detector) -> int:
-    """Encode a clip with vqp.video (``preprocess`` on for vqp codecs); returns the frame count."""
+def encode_clip(codec: Codec, value, src: Path, dst: Path, detector):
+    """Encode a clip with vqp.video (``preprocess`` on for vqp codecs); returns its EncodeStats."""
     from vqp.video import VideoOptions, encode_video
 
     grid = {"mjpeg_quality": int(value)} if codec.encoder == "mjpeg" else {codec.param: float(value)}
-    o = VideoOptions(codec=codec.encoder, preprocess=codec.vqp, codec_options=dict(codec.options), **grid)
-    return encode_video(src, dst, o, detector=detector if codec.vqp else None).frames
+    o = VideoOptions(codec=codec.encoder, preprocess=codec.vqp, codec_options=dict(codec.options),
+                     **codec.settings, **grid)
+    return encode_video(src, dst, o, detector=detector if codec.vqp else None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,8 @@ def clips() -> list[Path]:
     return sorted((DATA / "video").glob("*.mp4")) + sorted((DATA / "video").glob("*.avi"))
 
 
-def excerpt(clip: Path, dst: Path, frames: int | None = None) -> Path:
-    """First ``frames`` frames of a clip as lossless FFV1 (same YUV 4:2:0 samples, same rate).
+def excerpt(clip: Path, dst: Path, frames: int | None = None, start: int = 0) -> Path:
+    """``frames`` frames of a clip from frame ``start`` as lossless FFV1 (same YUV 4:2:0 samples, same rate).
 
     Every codec then starts from identical frames and the reference is exact: the source
     clips are already compressed, so re-decoding them per codec would add nothing but time.
@@ -80,12 +81,16 @@ def excerpt(clip: Path, dst: Path, frames: int | None = None) -> Path:
     with av.open(str(clip)) as src, av.open(str(tmp), "w", format="matroska") as out:
         vin = src.streams.video[0]
         vout = out.add_stream("ffv1", rate=vin.average_rate or 25)
+        vout.codec_context.time_base = 1 / Fraction(vin.average_rate or 25)
         vout.width, vout.height, vout.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
+        rate = Fraction(vin.average_rate or 25)
         for i, f in enumerate(src.decode(vin)):
-            if frames and i >= frames:
+            if i < start:
+                continue
+            if frames and i >= start + frames:
                 break
             f = f.reformat(format="yuv420p")
-            f.pts = None
+            f.pts, f.time_base = i - start, 1 / rate
             out.mux(vout.encode(f))
         out.mux(vout.encode())
     tmp.replace(dst)

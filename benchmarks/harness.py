@@ -30,7 +30,7 @@ from .codecs import Codec, decode_image, encode_clip, encode_image, read_frames
 
 ROOT = Path(__file__).resolve().parent
 # The pipeline's source, recorded with every point: cached points from another version are flagged in the report.
-VQP_SRC = hashlib.sha1(b"".join(p.read_bytes() for p in sorted((ROOT.parent / "vqp").glob("*.py")))).hexdigest()[:10]
+VQP_SRC = hashlib.sha1(b"".join(p.read_bytes() for p in sorted((ROOT.parent / "vqp").rglob("*.py")))).hexdigest()[:10]
 METRICS = ("psnr_full", "msssim_full", "psnr_obj", "msssim_obj", "psnr_bg", "msssim_bg")
 
 
@@ -161,7 +161,7 @@ class Runner:
         torch.set_num_threads(max(1, min(2, cfg.threads)))
         self.cache = Cache(cfg.out / "cache.jsonl")
         self.detector = load_detector(cfg.model, conf=cfg.map_conf)
-        self._roi_detector = None
+        self._roi_detector = self._video_detector = None
         self.tag = f"roi{cfg.roi_conf:g}/region{cfg.region_conf:g}"  # in every key: these change the results
         self.gt: dict[str, dict] = {}     # group -> item -> (boxes, classes, h, w)
         self.records: list[dict] = []
@@ -170,12 +170,22 @@ class Runner:
 
     @property
     def roi_detector(self):
-        """The detector as vqp itself runs it (``roi_conf``), loaded on first use by the clips."""
+        """The detector on the original frames (``roi_conf``, full size): the measured object regions."""
         if self._roi_detector is None:
             from vqp.detect import load_detector
 
             self._roi_detector = load_detector(self.cfg.model, conf=self.cfg.roi_conf)
         return self._roi_detector
+
+    @property
+    def video_detector(self):
+        """The detector as `vqp encode` runs it by default (its input size, OpenVINO on the CPU)."""
+        if self._video_detector is None:
+            from vqp.detect import load_detector
+            from vqp.video import DETECT_SIZE
+
+            self._video_detector = load_detector(self.cfg.model, conf=self.cfg.roi_conf, imgsz=DETECT_SIZE, fast=True)
+        return self._video_detector
 
     def run(self) -> list[dict]:
         cfg = self.cfg
@@ -252,14 +262,16 @@ class Runner:
         if missing:
             work = cfg.out / "work"
             work.mkdir(exist_ok=True)
-            src = datasets.excerpt(clip, work / f"{clip.stem}-{dkey}.mkv", spec.get("frames"))
+            start = int(spec.get("start", {}).get(clip.stem, 0))
+            src = datasets.excerpt(clip, work / f"{clip.stem}-{dkey}.mkv", spec.get("frames"), start)
             ref, fps = read_frames(src, every)
             regions = [_boxes(d, cfg.region_conf) for d in self.roi_detector(ref)]  # detector on the originals
             for c, v, key in missing:
                 with tempfile.TemporaryDirectory(dir=work) as tmp:
                     dst = Path(tmp) / ("out.avi" if c.encoder == "mjpeg" else "out.mp4")
-                    n = encode_clip(c, v, src, dst, self.roi_detector)
-                    size = dst.stat().st_size
+                    st = encode_clip(c, v, src, dst, self.video_detector)
+                    n, size = st.frames, st.bytes  # video stream bytes: the container's overhead is not the codec's
+                    seconds = st.seconds
                     out, _ = read_frames(dst, every)
                 if len(out) != len(ref):
                     raise VqpError(f"{c.name} on {clip.name}: {len(out)} sampled frames decoded, expected {len(ref)}")
@@ -267,7 +279,8 @@ class Runner:
                 per = [_scores(r, o, [], d) for r, o, d in zip(ref, out, regions)]
                 rec = {"key": key, "group": group, "item": clip.stem, "codec": c.name, "value": v,
                        "bytes": size, "frames": n, "pixels": h * w, "bpp": size * 8 / (n * h * w),
-                       "kbps": size * 8 / (n / fps) / 1000, "vqp_src": VQP_SRC,
+                       "kbps": size * 8 / (n / fps) / 1000, "seconds": seconds, "fps": n / seconds,
+                       "vqp_src": VQP_SRC,
                        **{k: float(np.nanmean([p[k] for p in per])) for k in per[0]}}
                 self.cache.add(rec)
                 bar.update()
@@ -320,7 +333,7 @@ def summarize(records: list[dict], gt: dict) -> list[dict]:
         groups.setdefault((r["group"], r["codec"], r["value"]), []).append(r)
     for (group, codec, value), rs in groups.items():
         row = {"group": group, "codec": codec, "value": value, "n": len(rs)}
-        for k in ("bytes", "bpp", "kbps", "quality"):
+        for k in ("bytes", "bpp", "kbps", "quality", "seconds", "fps"):
             if k in rs[0]:
                 row[k] = _nanmean([r.get(k) for r in rs])
         for m in METRICS:

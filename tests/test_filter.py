@@ -79,7 +79,7 @@ def test_streams_with_bounded_memory(detector):
             return super().write(b)
 
     out = Out()
-    st = filter_y4m(src, out, VideoOptions(detect_every=8, detect_batch=2), detector=detector)
+    st = filter_y4m(src, out, VideoOptions(detect_every=8, detect_min=8, detect_max=8), detector=detector)
     assert st.frames == 96 and out.getvalue() == buf.getvalue()  # no detections: bit-identical
     frame_bytes = len(b"FRAME\n") + 64 * 48 * 3 // 2
     assert seen[1] < len(h) + 20 * frame_bytes  # output began after a chunk, not after the whole stream

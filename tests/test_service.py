@@ -260,7 +260,9 @@ def test_video_job_lifecycle(server, clip, tmp_path):
     assert r.status_code == 200 and "evil%20name.vqp.mp4" in r.headers["content-disposition"]
     assert frame_count(r.content) == (24, (480, 360))
     jobs_dir = Path(server.proc.args[server.proc.args.index("--jobs-dir") + 1])
-    assert sorted(p.name for p in (jobs_dir / job["id"]).iterdir()) == ["input.mp4", "output.mp4"]
+    assert sorted(p.name for p in (jobs_dir / job["id"]).iterdir()) == ["input.mp4", "output.mp4", "preview.png"]
+    r = c.get(f"/v1/jobs/{job['id']}/preview")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
     assert not list(jobs_dir.parent.rglob("evil*"))  # the client's name never became a path
 
     assert c.delete(f"/v1/jobs/{job['id']}").status_code == 204

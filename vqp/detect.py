@@ -104,14 +104,25 @@ class OpenCVDetector:
         return out
 
 
-def load_detector(model: str | None = None, **kw) -> Detector:
-    """Resolve and load a detector; fall back to OpenCV with a warning when no model file exists."""
+def load_detector(model: str | None = None, *, fast: bool = False, **kw) -> Detector:
+    """Resolve and load a detector; fall back to OpenCV with a warning when no model file exists.
+
+    ``fast`` (the video path) runs a ``.pt`` checkpoint on the CPU through an OpenVINO export at
+    the requested input size, made once and cached: about 2x faster than torch there (see
+    benchmarks/RESULTS.md). On CUDA the checkpoint itself runs.
+    """
     choice: ModelChoice = resolve_model(model)
     if choice.source == FALLBACK:
         if choice.how != "requested":
             log.warning("vqp: %s; using the weight-free OpenCV detector (people and faces only)", choice.how)
         return OpenCVDetector(**kw)
-    return YoloDetector(choice.source, **kw)
+    source = choice.source
+    device = kw.get("device") or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    if fast and source.endswith(".pt") and not choice.download and str(device).startswith("cpu"):
+        from .models import openvino_export
+
+        source = openvino_export(source, kw.get("imgsz", 640)) or source
+    return YoloDetector(source, **kw)
 
 
 @lru_cache(maxsize=4)

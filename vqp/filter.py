@@ -5,15 +5,19 @@
 Frames stream through in chunks of ``detect_every * detect_batch`` frames, so memory stays
 bounded; the frame size, rate and pixel format are kept (odd 4:2:0 sizes lose their last
 row or column, since 4:2:0 encoders need even sizes).
+
+y4m carries no side data, so the filter always uses the pixel method (the DCT requantizer and the
+still-background hold); for the encoder-ROI method pipe a container into ``vqp encode - -`` instead.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from .errors import VqpError
-from .video import DETECT_SIZE, Pipeline, VideoOptions, _check, _to_frame
+from .video import DETECT_SIZE, Pipeline, VideoOptions, validate
+from .video.io import planes, to_frame
 from .y4m import Y4mHeader, read_frames, read_header, write_frame
 
 
@@ -31,12 +35,12 @@ class FilterStats:
 
 def filter_y4m(inp: BinaryIO, out: BinaryIO, options: VideoOptions = VideoOptions(), *, detector=None) -> FilterStats:
     """Read y4m from ``inp``, write the preprocessed y4m to ``out`` until EOF."""
-    o = options
-    _check(o)
+    o = replace(options, method="pixel")
+    validate(o)
     t0 = time.perf_counter()
     head = read_header(inp)
     tb = 1 / head.rate
-    frames = (_to_frame(p, head.fmt, head.width, head.height, i, tb) for i, p in enumerate(read_frames(inp, head)))
+    frames = (to_frame(p, head.fmt, head.width, head.height, i, tb) for i, p in enumerate(read_frames(inp, head)))
     if o.preprocess and detector is None:
         from .detect import load_detector
 
@@ -52,7 +56,7 @@ def filter_y4m(inp: BinaryIO, out: BinaryIO, options: VideoOptions = VideoOption
         return st
     out.write(Y4mHeader(pipe.width, pipe.height, head.fmt, head.rate, head.tokens).encode())
     for fr in pipe:
-        write_frame(out, fr.out)
+        write_frame(out, fr.planes if fr.planes is not None else planes(fr.video, head.fmt, pipe.width, pipe.height))
         st.frames += 1
     out.flush()
     st.frames_with_detections = pipe.with_detections

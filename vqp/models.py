@@ -81,3 +81,47 @@ def resolve_model(model: str | None = None, *, allow_download: bool | None = Non
         return ModelChoice(DOWNLOAD_NAME, "Ultralytics download", download=True)
     tried.append(f"download of {DOWNLOAD_NAME} (off: YOLO_OFFLINE is set)")
     return ModelChoice(FALLBACK, "no model file found; tried " + "; ".join(tried))
+
+
+def cache_dir() -> Path:
+    """Where derived model files live: ``$VQP_CACHE_DIR``, else ``~/.cache/vqp``."""
+    return Path(os.environ.get("VQP_CACHE_DIR") or Path.home() / ".cache" / "vqp")
+
+
+def openvino_export(checkpoint: str, imgsz: int) -> str | None:
+    """An OpenVINO copy of a ``.pt`` detector at a fixed input size, exported once (offline, a few
+    seconds) and cached by the checkpoint's content; None when it cannot be made (then the caller
+    runs the checkpoint itself)."""
+    import hashlib
+    import logging
+    import shutil
+    import tempfile
+
+    log = logging.getLogger("vqp")
+    src = Path(checkpoint)
+    digest = hashlib.sha1(src.read_bytes()).hexdigest()[:12]
+    dst = cache_dir() / "openvino" / f"{src.stem}-{digest}-{imgsz}_openvino_model"  # Ultralytics knows it by the suffix
+    if (dst / "metadata.yaml").is_file():
+        return str(dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".export-") as tmp:
+            shutil.copy(src, Path(tmp) / "model.pt")
+            os.environ.setdefault("YOLO_OFFLINE", "true")
+            from ultralytics import YOLO
+
+            import warnings
+
+            with warnings.catch_warnings():  # torch.jit's deprecation notes mean nothing to a vqp user
+                warnings.simplefilter("ignore")
+                out = YOLO(str(Path(tmp) / "model.pt")).export(format="openvino", imgsz=imgsz, half=False,
+                                                               dynamic=False, verbose=False)
+            try:
+                os.replace(out, dst)  # atomic: a concurrent export of the same model simply loses the race
+            except OSError:
+                if not (dst / "metadata.yaml").is_file():
+                    raise
+    except Exception as e:  # export is an optimisation: any failure leaves the checkpoint in charge
+        log.warning("vqp: OpenVINO export of %s failed (%s); running the checkpoint", src, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+    return str(dst)

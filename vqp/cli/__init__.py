@@ -37,14 +37,15 @@ def add_detector_args(p: argparse.ArgumentParser, conf: float = 0.25) -> None:
     g.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
 
 
-def detector_from_args(args):
+def detector_from_args(args, fast: bool = False):
     from ..detect import load_detector
 
     if not 0 <= args.conf <= 1:
         raise VqpError(f"--conf must be between 0 and 1, got {args.conf}")
     if args.imgsz < 32:
         raise VqpError(f"--imgsz must be at least 32, got {args.imgsz}")
-    return load_detector(args.model, classes=args.classes, conf=args.conf, imgsz=args.imgsz, device=args.device)
+    return load_detector(args.model, classes=args.classes, conf=args.conf, imgsz=args.imgsz, device=args.device,
+                         fast=fast)
 
 
 def add_roi_args(p: argparse.ArgumentParser) -> None:

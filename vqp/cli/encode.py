@@ -5,6 +5,7 @@ import json
 import re
 
 from ..errors import VqpError
+from ..video.options import VideoOptions
 from . import add_detector_args, detector_from_args
 
 
@@ -26,63 +27,94 @@ def codec_option(text: str) -> tuple[str, str]:
 def add_video_args(p) -> None:
     """Preprocessing options shared by `encode` and `filter`."""
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--detect-every", type=int, default=12, metavar="N",
-                   help="run the detector on every N-th frame, track boxes in between (default 12)")
-    g.add_argument("--strength", type=float, default=3.0, help="background step multiplier (default 3)")
+    g.add_argument("--detect-every", type=int, metavar="N",
+                   help="run the detector on every N-th frame, track boxes in between (default: adaptive, "
+                        "2-32 frames as the objects move)")
+    g.add_argument("--strength", type=float, default=3.0, help="pixel method: background step multiplier (default 3)")
     g.add_argument("--hold", type=float, default=5.0, metavar="RMS",
-                   help="keep still background blocks identical while their source changes less than RMS levels (default 5, 0 = off)")
+                   help="pixel method: keep still background blocks identical while their source changes less than "
+                        "RMS levels (default 5, 0 = off)")
     g.add_argument("--plain", action="store_true", help="no preprocessing: the plain encode, for comparison")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("encode", help="encode a video with object-aware preprocessing")
-    p.add_argument("input", help="any video FFmpeg reads")
-    p.add_argument("output", help="output file; the container follows the extension (.mp4, .mkv, .avi, .mov)")
-    p.add_argument("--codec", default="libx264", choices=["libx264", "libx265", "mjpeg", "mpeg4"],
-                   help="encoder (default libx264)")
+    from ..codecs import CODECS, METHODS
+
+    d = VideoOptions()
+    p = sub.add_parser("encode", help="encode a video with object-aware rate allocation")
+    p.add_argument("input", help="any video FFmpeg reads; - reads a stream (e.g. matroska) from stdin")
+    p.add_argument("output", help="output file, the container follows the extension (.mp4, .mkv, .webm, .avi); "
+                   "- writes to stdout (needs --format)")
+    p.add_argument("--codec", default="libx264", metavar="NAME", help=f"encoder: {', '.join(CODECS)} (default libx264)")
+    p.add_argument("--method", metavar="M", help=f"{' | '.join(METHODS)}: drive the encoder's own per-block "
+                   "quantizer with ROI offsets (roi), requantize the background pixels in front of it (pixel), "
+                   "or both (default: the codec's best, roi where it reads ROI data)")
     rc = p.add_mutually_exclusive_group()
-    rc.add_argument("--crf", type=float, help="constant quality (x264/x265, default 23); mpeg4: fixed quantizer 1-31")
+    rc.add_argument("--crf", type=float, help="constant quality (x264 default 23, x265 28, VP9 36); "
+                    "mpeg4: fixed quantizer 1-31")
     rc.add_argument("--bitrate", type=bitrate, metavar="BPS", help="target bitrate, e.g. 800k or 2M (ABR)")
-    rc.add_argument("--match-crf", type=float, metavar="C", help="no larger than plain x264/x265 at CRF C, better objects")
+    rc.add_argument("--match-crf", type=float, metavar="C", help="no larger than the plain encode at CRF C, better objects")
     p.add_argument("--two-pass", action="store_true", help="two-pass encode to --bitrate (libx264)")
     p.add_argument("--preset", default="medium", help="x264/x265 preset (default medium)")
     p.add_argument("--gop", type=int, help="keyframe interval in frames")
     p.add_argument("--quality", type=int, metavar="Q", help="MJPEG quality 1-100 (default 75)")
+    p.add_argument("--roi-offsets", type=offsets, metavar="OBJ,BG", default=(d.roi_object, d.roi_background),
+                   help="ROI method: quantizer offsets of objects and background as FFmpeg qoffsets in [-1, 1] "
+                        f"(x 51 QP for x264/x265; default {d.roi_object:g},{d.roi_background:g})")
     p.add_argument("-x", "--codec-option", type=codec_option, action="append", default=[], metavar="KEY=VALUE",
                    help="encoder option passed through, e.g. aq-mode=2 or x264-params=... (repeatable)")
+    p.add_argument("--format", metavar="FMT", help="output container (e.g. matroska, mp4, webm); needed for stdout")
     p.add_argument("--frames", type=int, metavar="N", help="encode only the first N frames")
     p.add_argument("--compare", action="store_true", help="also encode plainly (not written) to report its bitrate")
+    p.add_argument("--preview", metavar="FILE.png", help="write a strip of frames with the ROI map and boxes drawn over them")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_video_args(p)
     add_detector_args(p)
     p.set_defaults(func=run, imgsz=None)  # None: vqp.video.DETECT_SIZE
 
 
+def offsets(text: str) -> tuple[float, float]:
+    a, sep, b = text.partition(",")
+    if not sep:
+        raise ValueError(text)
+    return float(a), float(b)
+
+
 def options_from_args(args, **kw):
     """VideoOptions from the shared flags; also settles the video detector size."""
-    from ..video import DETECT_SIZE, VideoOptions
+    from ..video import DETECT_SIZE
 
     args.imgsz = args.imgsz or DETECT_SIZE
-    return VideoOptions(detect_every=args.detect_every, strength=args.strength, hold=args.hold,
-                        preprocess=not args.plain, **kw)
+    every = {} if args.detect_every is None else dict(detect_every=args.detect_every, detect_min=args.detect_every,
+                                                     detect_max=args.detect_every)
+    return VideoOptions(strength=args.strength, hold=args.hold, preprocess=not args.plain, device=args.device,
+                        **every, **kw)
 
 
 def run(args) -> int:
+    import os
     import sys
 
     from ..video import encode_video
 
+    to_pipe = args.output == "-"
     if args.two_pass and args.bitrate is None:
         raise VqpError("--two-pass needs --bitrate")
-    if args.quality is not None and args.codec != "mjpeg":
-        raise VqpError("--quality is for --codec mjpeg; use --crf or --bitrate")
-    o = options_from_args(args, codec=args.codec, crf=args.crf, bitrate=args.bitrate, two_pass=args.two_pass,
-                          match_crf=args.match_crf, preset=args.preset, gop=args.gop, mjpeg_quality=args.quality,
-                          codec_options=dict(args.codec_option), measure_plain=args.compare, max_frames=args.frames)
-    det = detector_from_args(args) if o.preprocess else None
-    st = encode_video(args.input, args.output, o, detector=det, progress=sys.stderr.isatty())
+    o = options_from_args(args, codec=args.codec, method=args.method, crf=args.crf, bitrate=args.bitrate,
+                          two_pass=args.two_pass, match_crf=args.match_crf, preset=args.preset, gop=args.gop,
+                          mjpeg_quality=args.quality, codec_options=dict(args.codec_option),
+                          measure_plain=args.compare, max_frames=args.frames, container=args.format,
+                          roi_object=args.roi_offsets[0], roi_background=args.roi_offsets[1])
+    if to_pipe:  # stdout carries the video: move it aside so no library's print can land in the stream
+        out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        sys.stdout = sys.stderr
+    det = detector_from_args(args, fast=True) if o.preprocess else None
+    st = encode_video(args.input, out if to_pipe else args.output, o, detector=det, progress=sys.stderr.isatty() and not to_pipe,
+                      preview=args.preview)
     if args.json:
-        print(json.dumps({"input": args.input, "output": args.output, **st.__dict__}))
+        print(json.dumps({"input": args.input, "output": args.output, **st.__dict__}), file=sys.stderr if to_pipe else sys.stdout)
     else:
-        print(f"{args.input} -> {args.output}: {st.summary()}")
+        print(f"{args.input} -> {args.output}: {st.summary()}", file=sys.stderr if to_pipe else sys.stdout)
     return 0

@@ -10,8 +10,11 @@ from .encode import add_video_args, options_from_args
 
 def register(sub) -> None:
     p = sub.add_parser("filter", help="y4m pipe filter: ffmpeg ... -f yuv4mpegpipe - | vqp filter | ffmpeg -i - ...")
-    p.add_argument("--codec", default="libx264", choices=["libx264", "libx265", "mjpeg", "mpeg4"],
-                   help="the encoder that follows, whose block grid the quantizer uses (default libx264)")
+    from ..codecs import CODECS
+
+    p.add_argument("--codec", default="libx264", metavar="NAME",
+                   help=f"the encoder that follows, whose block grid the quantizer uses: {', '.join(CODECS)} "
+                        "(default libx264)")
     p.add_argument("--stats", action="store_true", help="print a summary on stderr at the end")
     add_video_args(p)
     add_detector_args(p)

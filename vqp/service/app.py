@@ -160,12 +160,13 @@ async def read_upload(request: Request, kind: str) -> tuple[bytes | UploadFile, 
                              "application/octet-stream or multipart/form-data with a 'file' part")
 
 
+PREVIEW = "preview.png"  # written beside a job's output
 SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def video_options(query: dict) -> dict:
     """Job query parameters to scalar VideoOptions fields plus ``classes``, checked by building a VideoOptions."""
-    from ..video import VideoOptions, _check
+    from ..video import VideoOptions, validate
 
     kinds = {f.name: next((t for t in f.type.replace(" ", "").split("|") if t in SCALARS), None)
              for f in dataclasses.fields(VideoOptions)}
@@ -189,7 +190,7 @@ def video_options(query: dict) -> dict:
                 opts[k] = SCALARS[kind](v)
             except ValueError:
                 raise VqpError(f"video option {k}={v!r} is not a valid {kind}") from None
-    _check(VideoOptions(**{k: v for k, v in opts.items() if k != "classes"}))  # encode_video's own checks, now: 422
+    validate(VideoOptions(**{k: v for k, v in opts.items() if k != "classes"}))  # encode_video's own checks, now: 422
     return opts
 
 
@@ -202,8 +203,8 @@ def video_encoder(batcher: Batcher):
         opts = dict(options)
         det = SharedDetector(batcher, opts.pop("classes", None))
         video = VideoOptions(**opts)
-        dst = folder / ("output.mkv" if video.codec == "mjpeg" else "output.mp4")
-        stats = encode_video(src, dst, video, detector=det, progress=progress)
+        dst = folder / ("output" + video.spec.containers.split()[0])
+        stats = encode_video(src, dst, video, detector=det, progress=progress, preview=folder / PREVIEW)
         return dst.name, {**dataclasses.asdict(stats), "summary": stats.summary()}
 
     return encode
@@ -397,6 +398,18 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         if not path.is_file():
             raise HTTPException(410, "the job's output file is gone")
         return FileResponse(path, filename=f"{Path(job.name).stem}.vqp{path.suffix}")
+
+    @app.get("/v1/jobs/{job_id}/preview", response_class=FileResponse,
+             responses={200: {"content": {"image/png": {}}, "description": "frames with the ROI map and boxes"}})
+    def job_preview(request: Request, job_id: str):
+        """A strip of the finished job's frames with the ROI map and the boxes drawn over them (409 while not done)."""
+        job = get_job(request, job_id)
+        if job.state != "done":
+            raise HTTPException(409, f"job is {job.state}" + (f": {job.error}" if job.error else ""))
+        path = svc(request).store.folder(job.id) / PREVIEW
+        if not path.is_file():
+            raise HTTPException(410, "the job's preview is gone")
+        return FileResponse(path, media_type="image/png", filename=f"{Path(job.name).stem}.preview.png")
 
     @app.delete("/v1/jobs/{job_id}", status_code=204)
     def delete_job(request: Request, job_id: str):

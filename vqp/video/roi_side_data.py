@@ -1,0 +1,133 @@
+"""ROI side data: tracked boxes become per-frame regions with quantizer offsets, attached to the
+frame as FFmpeg's AV_FRAME_DATA_REGIONS_OF_INTEREST, which libx264, libx265 and libvpx turn into
+per-block quantizer offsets inside their own rate control.
+
+PyAV cannot add side data to a frame, but a frame pulled from a filter graph
+``buffer -> addroi -> ... -> buffersink`` carries it into ``encode()``. ``addroi`` fixes its
+rectangle when the graph is built, so the graph is rebuilt whenever the regions change; regions
+are snapped to the encoder's block grid first, so that happens only when a box crosses a block.
+
+Where regions overlap the first one wins, so they are listed most negative offset first: object
+cores, then the ring of intermediate offset around each (a feather, so the quantizer does not
+step at the box edge), then the whole frame at the background offset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Sequence
+
+import av
+import torch
+
+from ..roi import RoiConfig
+from ..types import Box
+
+LEVELS = 2  # object weights are rounded to 1/LEVELS steps: VP9 has 8 segments for all distinct offsets
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle in pixels and its quantizer offset (FFmpeg's qoffset, -1..1; negative = finer)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    qoffset: float
+
+
+def coverage(boxes: Sequence[tuple[int, int, int, int]], width: int, height: int, grid: int) -> float:
+    """Share of the frame's grid cells that the (snapped) rectangles cover, overlaps counted once."""
+    hb, wb = -(-height // grid), -(-width // grid)
+    if not boxes:
+        return 0.0
+    r = torch.tensor(boxes, dtype=torch.int64) // grid  # (k, 4): x1, y1, x2, y2 in cells (x2, y2 exclusive)
+    ys, xs = torch.arange(hb)[None, :, None], torch.arange(wb)[None, None, :]
+    inside = ((ys >= r[:, 1, None, None]) & (ys < r[:, 3, None, None])
+              & (xs >= r[:, 0, None, None]) & (xs < r[:, 2, None, None]))
+    return float(inside.any(0).float().mean())
+
+
+def plan(boxes: Sequence[Box], width: int, height: int, *, grid: int, obj: float, bg: float,
+         config: RoiConfig = RoiConfig()) -> list[Region]:
+    """Regions for one frame, in the order the encoder must apply them (first wins).
+
+    Offsets follow object coverage ``c``: objects get ``obj * (1 - c)`` (boosting most of the frame
+    only raises the whole frame's rate) and the background ``bg + |obj| * c`` (the more the
+    objects take, the more the rest pays). A box's weight (class priority times confidence up to
+    ``conf_full``) blends its core between the background and the object offset. A frame without
+    boxes gets no regions: it is encoded exactly as plain.
+    """
+    cores = []
+    for b in boxes:
+        w = config.priority.get(b.name, config.default_priority) * min(1.0, b.conf / config.conf_full)
+        w = round(min(max(w, 0.0), 1.0) * LEVELS) / LEVELS
+        if w > 0:
+            cores.append((_snap(b, config.margin, grid, width, height), w))
+    if not cores:
+        return []
+    c = coverage([r for r, _ in cores], width, height, grid)
+    o_obj, o_bg = obj * (1 - c), min(1.0, bg + abs(obj) * c)
+    regions = []
+    for (x1, y1, x2, y2), w in cores:
+        core = o_bg + (o_obj - o_bg) * w
+        regions.append((core, 0, Region(x1, y1, x2 - x1, y2 - y1, _q(core))))
+        if config.feather > 0:
+            f = -(-int(config.feather) // grid) * grid
+            rx1, ry1, rx2, ry2 = max(0, x1 - f), max(0, y1 - f), min(width, x2 + f), min(height, y2 + f)
+            regions.append(((core + o_bg) / 2, 1, Region(rx1, ry1, rx2 - rx1, ry2 - ry1, _q((core + o_bg) / 2))))
+    regions.sort(key=lambda t: (t[0], t[1]))
+    return [r for _, _, r in regions] + [Region(0, 0, width, height, _q(o_bg))]
+
+
+def _snap(b: Box, margin: float, grid: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box grown by ``margin``, outwards to whole grid cells, inside the frame."""
+    x1 = max(0, int((b.x1 - margin) // grid) * grid)
+    y1 = max(0, int((b.y1 - margin) // grid) * grid)
+    x2 = min(width, -(-int(b.x2 + margin) // grid) * grid)
+    y2 = min(height, -(-int(b.y2 + margin) // grid) * grid)
+    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
+
+
+def _q(v: float) -> float:
+    """Offsets on a 1/256 step: stable graph keys, finer than any encoder's quantizer step."""
+    return round(min(max(v, -1.0), 1.0) * 256) / 256
+
+
+class SideData:
+    """Attaches regions to frames of one size and format, rebuilding the addroi graph only on change."""
+
+    def __init__(self, width: int, height: int, fmt: str, time_base):
+        self.width, self.height, self.fmt = width, height, fmt
+        self.time_base = Fraction(time_base)
+        self.key: tuple | None = None
+        self.graph: av.filter.Graph | None = None
+        self.builds = 0
+
+    def attach(self, frame: av.VideoFrame, regions: Sequence[Region]) -> av.VideoFrame:
+        """``frame`` with the regions as side data (the frame itself when there are none)."""
+        if not regions:
+            return frame
+        key = tuple(regions)
+        if key != self.key:
+            self.graph, self.key = self._build(regions), key
+            self.builds += 1
+        pts = frame.pts
+        frame.time_base = self.time_base  # the buffer source needs it; the sink forgets it
+        self.graph.push(frame)
+        out = self.graph.pull()
+        out.pts, out.time_base = pts, self.time_base
+        return out
+
+    def _build(self, regions: Sequence[Region]) -> av.filter.Graph:
+        g = av.filter.Graph()
+        last = g.add_buffer(width=self.width, height=self.height, format=self.fmt, time_base=self.time_base)
+        for i, r in enumerate(regions):  # the first one clears any regions the frame came with
+            f = g.add("addroi", f"x={r.x}:y={r.y}:w={r.w}:h={r.h}:qoffset={r.qoffset:.6f}:clear={int(i == 0)}")
+            last.link_to(f)
+            last = f
+        sink = g.add("buffersink")
+        last.link_to(sink)
+        g.configure()
+        return g
