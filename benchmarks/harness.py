@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from vqp.errors import VqpError
-from vqp.metrics import region_scores
+from vqp.metrics import detection_map, region_scores
 from vqp.roi import ROI_CONF
 from vqp.types import Detections
 
@@ -296,34 +296,10 @@ def _nanmean(xs) -> float | None:
 
 
 def coco_map(gt: dict, dets: dict) -> tuple[float, float]:
-    """(mAP50, mAP50-95) of detections against ground truth with pycocotools' COCOeval.
-
-    ``gt``: item -> (boxes xyxy, classes, h, w); ``dets``: item -> [[x1, y1, x2, y2, conf, cls], ...].
-    """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    ids = {name: i + 1 for i, name in enumerate(sorted(gt))}
-    images, anns = [], []
-    for name, (boxes, classes, h, w) in gt.items():
-        images.append({"id": ids[name], "height": h, "width": w})
-        for (x1, y1, x2, y2), c in zip(boxes, classes):
-            anns.append({"id": len(anns) + 1, "image_id": ids[name], "category_id": int(c), "iscrowd": 0,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
-    res = [{"image_id": ids[name], "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
-           for name, ds in dets.items() if name in ids for x1, y1, x2, y2, s, c in ds]
-    if not res or not anns:
-        return 0.0, 0.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        g = COCO()
-        cats = sorted({a["category_id"] for a in anns} | {d["category_id"] for d in res})
-        g.dataset = {"images": images, "annotations": anns, "categories": [{"id": i} for i in cats]}
-        g.createIndex()
-        e = COCOeval(g, g.loadRes(res), "bbox")
-        e.evaluate()
-        e.accumulate()
-        e.summarize()
-    return float(e.stats[1]), float(e.stats[0])
+    """(mAP50, mAP50-95): vqp.metrics.detection_map on ``gt`` item -> (boxes, classes, h, w) and
+    ``dets`` item -> [[x1, y1, x2, y2, conf, cls], ...]."""
+    r = detection_map(gt, dets)
+    return r["map50"], r["map"]
 
 
 def summarize(records: list[dict], gt: dict) -> list[dict]:
@@ -361,6 +337,10 @@ def bd_rates(rows: list[dict], codecs: list[Codec]) -> list[dict]:
                     continue
                 rate = "kbps" if "kbps" in test[0] else "bpp"
                 row = {"group": group, "codec": c.name, "anchor": anchor}
+                times = {p["value"]: p["seconds"] for p in base if p.get("seconds")}
+                pairs = [(p["seconds"], times[p["value"]]) for p in test if p.get("seconds") and p["value"] in times]
+                if pairs:  # wall time against the anchor's at the same grid points (encode + detection)
+                    row["time_ratio"] = sum(a for a, _ in pairs) / sum(b for _, b in pairs)
                 for m in metrics:
                     t = sorted((p[rate], p[m]) for p in test if p.get(m) is not None)
                     a = sorted((p[rate], p[m]) for p in base if p.get(m) is not None)
@@ -373,7 +353,7 @@ def bd_rates(rows: list[dict], codecs: list[Codec]) -> list[dict]:
             per_set.setdefault((r["group"].split("/")[0], r["codec"], r["anchor"]), []).append(r)
     for (ds, codec, anchor), rs in per_set.items():
         out.append({"group": f"{ds} (mean)", "codec": codec, "anchor": anchor,
-                    **{m: _nanmean([r.get(m) for r in rs]) for m in metrics}})
+                    **{m: _nanmean([r.get(m) for r in rs]) for m in [*metrics, "time_ratio"]}})
     return out
 
 

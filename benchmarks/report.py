@@ -12,7 +12,7 @@ from vqp.imageio import write_atomic
 PANELS = (("psnr_obj", "object PSNR-Y (dB)"), ("msssim_obj", "object MS-SSIM"), ("psnr_full", "full PSNR-Y (dB)"),
           ("msssim_full", "full MS-SSIM"), ("psnr_bg", "background PSNR-Y (dB)"), ("map", "mAP50-95"))
 BD_COLUMNS = ("psnr_obj_gt", "msssim_obj_gt", "psnr_obj_det", "msssim_obj_det", "psnr_full", "msssim_full",
-              "psnr_bg_gt", "psnr_bg_det", "map50", "map")
+              "psnr_bg_gt", "psnr_bg_det", "map50", "map", "time_ratio")
 
 
 def _csv(rows: list[dict]) -> bytes:
@@ -90,13 +90,53 @@ def markdown(name: str, rows: list[dict], bd: list[dict], plots: dict[str, str],
         g = [r for r in rows if r["group"] == group]
         rate = "kbps" if any("kbps" in r for r in g) else "bpp"
         cols = [k for k in ("psnr_full", "msssim_full", "psnr_obj_gt", "msssim_obj_gt", "psnr_obj_det",
-                            "msssim_obj_det", "psnr_bg_gt", "psnr_bg_det", "map50", "map") if any(k in r for r in g)]
+                            "msssim_obj_det", "psnr_bg_gt", "psnr_bg_det", "map50", "map", "fps") if any(k in r for r in g)]
         out += ["", f"## {group}", "", f"![{group}]({plots[group]})", "",
                 f"| codec | value | n | bytes | {rate} | " + " | ".join(cols) + " |", "|" + "---|" * (5 + len(cols))]
         for r in g:
             out.append(f"| {r['codec']} | {r['value']} | {r['n']} | {_fmt(r.get('bytes'), 0)} | {_fmt(r.get(rate))} | " +
                        " | ".join(_fmt(r.get(k), 4 if k.startswith(("msssim", "map")) else 2) for k in cols) + " |")
+    if "tradeoff" in plots:
+        out += ["", "## Object gain against full-frame cost", "", f"![trade-off]({plots['tradeoff']})"]
     return "\n".join(out) + "\n"
+
+
+def tradeoff(bd: list[dict], dest: Path) -> bool:
+    """Object PSNR-Y BD-rate against full-frame PSNR-Y BD-rate of every codec, one panel per anchor
+    (down and left is better): where a setting sits between gain and cost. False when nothing to plot."""
+    pts = [r for r in bd if r.get("psnr_full") is not None and (r.get("psnr_obj_det") or r.get("psnr_obj_gt")) is not None]
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    anchors = list(dict.fromkeys(r["anchor"] for r in pts))
+    fig, axes = plt.subplots(1, len(anchors), figsize=(6 * len(anchors), 5), squeeze=False)
+    for ax, anchor in zip(axes[0], anchors):
+        for group in dict.fromkeys(r["group"] for r in pts):
+            rs = [r for r in pts if r["anchor"] == anchor and r["group"] == group]
+            if not rs:
+                continue
+            xs = [r["psnr_full"] for r in rs]
+            ys = [r.get("psnr_obj_gt") if r.get("psnr_obj_gt") is not None else r["psnr_obj_det"] for r in rs]
+            ax.plot(xs, ys, "o-" if "(mean)" in group else "o:", lw=2 if "(mean)" in group else 0.8, label=group, ms=4)
+            for x, y, r in zip(xs, ys, rs):
+                ax.annotate(r["codec"], (x, y), fontsize=6, alpha=0.8)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_xlabel("full-frame PSNR-Y BD-rate (%)")
+        ax.set_ylabel("object PSNR-Y BD-rate (%)")
+        ax.set_title(f"against {anchor}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    write_atomic(dest, buf.getvalue())
+    return True
 
 
 def write(out: Path, name: str, records: list[dict], rows: list[dict], bd: list[dict]) -> dict[str, Path]:
@@ -109,6 +149,8 @@ def write(out: Path, name: str, records: list[dict], rows: list[dict], bd: list[
         fname = "rd_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in group) + ".png"
         plot(rows, group, out / fname)
         plots[group] = fname
+    if tradeoff(bd, out / "tradeoff.png"):
+        plots["tradeoff"] = "tradeoff.png"
     versions = {r["vqp_src"] for r in records if "vqp_src" in r}
     files["summary.md"] = markdown(name, rows, bd, plots, versions).encode()
     for fname, data in files.items():

@@ -33,6 +33,7 @@ class Codec:
     default_crf: float | None = 23.0
     options: dict = field(default_factory=dict)      # always set (user options override)
     roi_options: dict = field(default_factory=dict)  # set when ROI side data is used (user options override)
+    roi_every_frame: bool = False      # needs ROI data on every frame once it had some (see libx265 below)
     containers: str = ".mp4 .mkv .mov"
 
     def configure(self, cc, *, crf: float | None, bitrate: int | None, preset: str, quality: int | None,
@@ -70,11 +71,15 @@ def mjpeg_qscale(quality: int) -> int:
 
 
 CODECS: dict[str, Codec] = {c.name: c for c in (
-    # x264 reads ROI only with adaptive quantization on; aq-mode 1 is x264's own default.
+    # x264 reads ROI only with adaptive quantization on. With ROI, auto-variance AQ (aq-mode 2)
+    # measured best (benchmarks/RESULTS.md, "ROI strength and aq-mode"); plain x264 keeps its aq-mode 1.
     Codec("libx264", 16, True, "yuv420p", "yuv444p", roi=True, method="roi",
-          rate=frozenset({CRF, BITRATE, TWO_PASS})),
+          rate=frozenset({CRF, BITRATE, TWO_PASS}), roi_options={"aq-mode": "2"}),
+    # libx265 (FFmpeg 8.1 wrapper) crashes when frames with ROI data and frames without are mixed:
+    # frames without detections get one neutral region (offset 0), which encodes bit-identically.
     Codec("libx265", 16, True, "yuv420p", "yuv444p", roi=True, method="roi",
-          rate=frozenset({CRF, BITRATE}), default_crf=28.0, options={"x265-params": "log-level=error"}),
+          rate=frozenset({CRF, BITRATE}), default_crf=28.0, options={"x265-params": "log-level=error"},
+          roi_every_frame=True),
     # libvpx honours ROI maps only in realtime mode, so vqp runs VP9 there, plain or not.
     Codec("libvpx-vp9", 8, True, "yuv420p", "yuv444p", roi=True, method="roi",
           rate=frozenset({CRF, BITRATE}), crf_range=(0, 63), default_crf=36.0,

@@ -2,7 +2,7 @@
 
     ffmpeg -i in.mp4 -f yuv4mpegpipe - | vqp filter | ffmpeg -i - -c:v libx264 out.mp4
 
-Frames stream through in chunks of ``detect_every * detect_batch`` frames, so memory stays
+Frames stream through in chunks of one detection interval (at most ``detect_max`` frames), so memory stays
 bounded; the frame size, rate and pixel format are kept (odd 4:2:0 sizes lose their last
 row or column, since 4:2:0 encoders need even sizes).
 

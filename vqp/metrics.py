@@ -77,3 +77,45 @@ def region_scores(ref: np.ndarray, out: np.ndarray, boxes) -> dict[str, float]:
     yb = torch.where(m, yr, yo)
     res["msssim_bg"] = msssim(yr, yb) if (~m).any() else float("nan")
     return res
+
+
+def detection_map(gt: dict, dets: dict) -> dict:
+    """mAP50-95, mAP50 and per-class AP50-95 of detections with pycocotools' COCOeval: vqp's one
+    mAP, used by the benchmark harness and the robustness benchmark alike.
+
+    ``gt``: image -> (boxes (K, 4) xyxy, classes (K,), height, width);
+    ``dets``: image -> [[x1, y1, x2, y2, conf, cls], ...]. Returns {"map", "map50", "per_class"}.
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ids = {name: i + 1 for i, name in enumerate(sorted(gt))}
+    images, anns = [], []
+    for name, (boxes, classes, h, w) in gt.items():
+        images.append({"id": ids[name], "height": int(h), "width": int(w)})
+        for (x1, y1, x2, y2), c in zip(np.asarray(boxes, float).reshape(-1, 4), classes):
+            anns.append({"id": len(anns) + 1, "image_id": ids[name], "category_id": int(c), "iscrowd": 0,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
+    res = [{"image_id": ids[name], "category_id": int(c), "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+            "score": float(s)} for name, ds in dets.items() if name in ids for x1, y1, x2, y2, s, c in ds]
+    if not res or not anns:
+        return {"map": 0.0, "map50": 0.0, "per_class": {}}
+    with contextlib.redirect_stdout(io.StringIO()):
+        g = COCO()
+        cats = sorted({a["category_id"] for a in anns} | {d["category_id"] for d in res})
+        g.dataset = {"images": images, "annotations": anns, "categories": [{"id": i} for i in cats]}
+        g.createIndex()
+        e = COCOeval(g, g.loadRes(res), "bbox")
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    prec = e.eval["precision"][:, :, :, 0, -1]  # (IoU, recall, class) at all areas, 100 detections
+    per_class = {}
+    for k, c in enumerate(e.params.catIds):
+        if any(a["category_id"] == c for a in anns):  # classes with ground truth, as mAP averages them
+            p = prec[:, :, k]
+            per_class[int(c)] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
+    return {"map": max(0.0, float(e.stats[0])), "map50": max(0.0, float(e.stats[1])), "per_class": per_class}

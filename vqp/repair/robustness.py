@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -21,7 +20,6 @@ from ..types import Box, Detections
 from .corruptions import check, degrade
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-IOUV = torch.linspace(0.5, 0.95, 10)
 
 
 @dataclass
@@ -141,32 +139,11 @@ def detections(pred: np.ndarray, shape, names: dict[int, str], conf: float = 0.2
 
 
 def score(preds: Sequence[np.ndarray], samples: Sequence[Sample], nc: int) -> dict:
-    """mAP50-95, mAP50 and per-class AP50-95 with Ultralytics' matching and ap_per_class."""
-    from ultralytics.models.yolo.detect import DetectionValidator
-    from ultralytics.utils.metrics import ap_per_class, box_iou
+    """mAP50-95, mAP50 and per-class AP50-95 of (N, 6) predictions (vqp.metrics.detection_map)."""
+    from ..metrics import detection_map
 
-    matcher = SimpleNamespace(iouv=IOUV)
-    tp, conf, pcls, tcls = [], [], [], []
-    for p, s in zip(preds, samples):
-        tcls.append(s.cls)
-        if not len(p):
-            continue
-        pc = torch.from_numpy(p[:, 5]).long()
-        if len(s.cls):
-            iou = box_iou(torch.from_numpy(s.boxes), torch.from_numpy(p[:, :4]))
-            correct = DetectionValidator.match_predictions(matcher, pc, torch.from_numpy(s.cls), iou)
-            tp.append(correct.numpy())
-        else:
-            tp.append(np.zeros((len(p), len(IOUV)), bool))
-        conf.append(p[:, 4])
-        pcls.append(p[:, 5])
-    target = np.concatenate(tcls) if tcls else np.zeros(0)
-    if not tp or not len(target):
-        return {"map": 0.0, "map50": 0.0, "per_class": {}}
-    res = ap_per_class(np.concatenate(tp), np.concatenate(conf), np.concatenate(pcls), target)
-    ap, classes = res[5], res[6]
-    return {"map": float(ap.mean()), "map50": float(ap[:, 0].mean()),
-            "per_class": {int(c): float(a) for c, a in zip(classes, ap.mean(1))}}
+    gt = {i: (s.boxes, s.cls, *s.rgb.shape[:2]) for i, s in enumerate(samples)}  # unlabelled: every box a false positive
+    return detection_map(gt, {i: p.tolist() for i, p in enumerate(preds)})
 
 
 def missed(pred: np.ndarray, s: Sample, conf: float = 0.25, iou: float = 0.5) -> int:

@@ -100,7 +100,7 @@ def _encode_video(src, dst, o: VideoOptions, detector, progress, preview, to_pip
 
 
 def _pass(src, dst, o: VideoOptions, detector, cache, crf, progress, stats_file, plain_crf, preview,
-          to_pipe: bool) -> tuple[EncodeStats, list[list[Box]]]:
+          to_pipe: bool) -> tuple[EncodeStats, list[tuple[list[Box], list[Box]]]]:
     """One full pass writing ``dst``; also returns every frame's boxes for reuse."""
     from tqdm import tqdm
 
@@ -121,7 +121,7 @@ def _pass(src, dst, o: VideoOptions, detector, cache, crf, progress, stats_file,
         writer = Writer(dst if to_pipe else tmp, o, fmt, w, h, reader, crf, pipe.rotation, flags, stats_file)
         for p in early:
             writer.add_other(p)
-        side = SideData(w, h, fmt, reader.time_base) if o.uses_roi else None
+        side = SideData(w, h, fmt, reader.time_base, o.spec.roi_every_frame) if o.uses_roi else None
         plain = None
         if plain_crf is not None:
             po = replace(o, match_crf=None, two_pass=False)

@@ -11,13 +11,14 @@ Two ways to spend the bits where the objects are, chosen per codec (vqp.codecs) 
 - ``both``: the two together.
 
 The detector runs on one frame in every ``interval``; frames in between get the boxes tracked
-between the two runs around them (interpolated, so nothing lags). The interval halves while
-tracked objects move by a large part of their size within it and doubles while they stay put.
+between the two runs around them (interpolated, so nothing lags). The interval halves while the
+tracks change course or new objects appear, and doubles while the motion stays predictable.
 """
 from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -44,49 +45,74 @@ class Frame:
 
     pts: int
     video: av.VideoFrame                      # decoded, in the encoder's format and size
-    boxes: list[Box] = field(default_factory=list)
-    regions: list[Region] = field(default_factory=list)  # ROI side data for the encoder
+    boxes: list[Box] = field(default_factory=list)        # this frame's tracked boxes
+    cover: list[Box] = field(default_factory=list)        # each track's extent over the frame's interval
+    regions: list[Region] = field(default_factory=list)  # ROI side data for the encoder (planned from cover)
     planes: list[np.ndarray] | None = None    # pixel method: planes to encode instead of ``video``
 
 
 class Interval:
-    """The detector's frame interval, adapted to how fast the tracked objects move.
+    """The detector's frame interval, adapted to how well the boxes between runs can be predicted.
 
-    Motion is measured per run as the largest centre shift of a track that both runs saw, in
-    units of the object's size per frame. A move of more than ``fast`` of its size within one
-    interval halves the interval; less than ``slow`` doubles it."""
+    Frames between two runs get boxes interpolated linearly between them, which is exact for
+    objects moving at constant velocity, however fast. What it misses is a change of course or
+    speed, so after each run the interval is judged by how far each track's centre lies from where
+    its velocity over the two previous runs would have put it: more than ``tol`` pixels (the ROI's
+    margin plus feather) halves the interval, under half of it doubles it. Detector jitter alone
+    stays under that; an object that newly appears is shown from the previous run on where it was
+    first seen, inside its margin and feather.
+    """
 
-    def __init__(self, start: int, lo: int, hi: int, fast: float = 0.5, slow: float = 0.1):
+    def __init__(self, start: int, lo: int, hi: int, tol: float = 24.0):
         self.lo, self.hi = min(lo, start), max(hi, start)
-        self.n, self.fast, self.slow = start, fast, slow
+        self.n, self.tol = start, tol
+        self.velocity: dict[int, tuple[float, float]] = {}
 
     def update(self, a: dict[int, Box], b: dict[int, Box], gap: int) -> int:
+        """Runs ``a`` and ``b`` (track id -> box) ``gap`` frames apart; returns the next interval."""
         if self.lo == self.hi:
             return self.n
-        motion = 0.0
+        error, velocity = 0.0, {}
         for k in a.keys() & b.keys():
-            p, q = a[k], b[k]
-            size = math.sqrt(max(1.0, (q.x2 - q.x1) * (q.y2 - q.y1)))
-            shift = math.hypot((q.x1 + q.x2 - p.x1 - p.x2) / 2, (q.y1 + q.y2 - p.y1 - p.y2) / 2)
-            motion = max(motion, shift / size / max(gap, 1))
-        if motion * self.n > self.fast:
+            (ax, ay), (bx, by) = _centre(a[k]), _centre(b[k])
+            v = ((bx - ax) / gap, (by - ay) / gap)
+            if k in self.velocity:
+                u = self.velocity[k]
+                error = max(error, math.hypot(bx - ax - u[0] * gap, by - ay - u[1] * gap))
+            velocity[k] = v
+        self.velocity = velocity
+        if error > self.tol:
             self.n = max(self.lo, self.n // 2)
-        elif motion * self.n < self.slow and b:
+        elif error < self.tol / 2 and b:
             self.n = min(self.hi, self.n * 2)
         return self.n
+
+
+def _union(a: Box, b: Box) -> Box:
+    """The extent of one track between two runs: both boxes and everything in between."""
+    return Box(min(a.x1, b.x1), min(a.y1, b.y1), max(a.x2, b.x2), max(a.y2, b.y2), max(a.conf, b.conf), b.cls, b.name)
+
+
+def _centre(b: Box) -> tuple[float, float]:
+    return (b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2
 
 
 class Pipeline:
     """Decoded frames in, Frames (boxes, regions, planes) out, in display order.
 
-    ``cache`` gives every frame's boxes from an earlier pass (two-pass, match-crf): no detector then.
+    ``cache`` gives every frame's (boxes, cover) from an earlier pass (two-pass, match-crf, whose
+    ``boxes`` attribute it is): no detector then, and the very same regions.
+
+    ROI regions are planned once per detection interval, from each track's extent over the
+    interval (``cover``: the union of its boxes at the two runs, exact under linear motion), so the
+    encoder's offsets stay put within an interval and the addroi graph is rebuilt once per run.
     """
 
     def __init__(self, frames: Iterator[av.VideoFrame], name: str, o: VideoOptions, detector,
-                 cache: list[list[Box]] | None = None, fmt: str | None = None):
+                 cache: list[tuple[list[Box], list[Box]]] | None = None, fmt: str | None = None):
         self.o, self.detector, self.cache = o, detector, cache
         self.codec = o.spec
-        self.boxes: list[list[Box]] = []  # every frame's boxes, for reuse by later passes
+        self.boxes: list[tuple[list[Box], list[Box]]] = []  # every frame's (boxes, cover), for later passes
         self.with_detections = 0
         self.runs = 0
         self.moving = 0  # pixel method: frames passed through because the camera moved
@@ -105,7 +131,7 @@ class Pipeline:
             raise VqpError(f"{name}: frame size {f.width}x{f.height} is too small (at least 16x16)")
         self.rotation = int(round(f.rotation or 0))
         self.tracker = Tracker(o.track)
-        self.interval = Interval(o.detect_every, o.detect_min, o.detect_max)
+        self.interval = Interval(o.detect_every, o.detect_min, o.detect_max, o.roi.margin + o.roi.feather)
         self.device = torch.device(o.device or getattr(detector, "device", None) or "cpu")
         if o.uses_pixels:
             self.tables = self._tables()
@@ -134,46 +160,71 @@ class Pipeline:
         if not self.o.preprocess or self.cache is not None:
             chunk: list[Frame] = []
             for f in self._decoded():
-                chunk.append(Frame(f.pts, f, list(self.cache[len(self.boxes) + len(chunk)]) if self.cache else []))
+                boxes, cover = self.cache[len(self.boxes) + len(chunk)] if self.cache else ([], [])
+                chunk.append(Frame(f.pts, f, list(boxes), list(cover)))
                 if len(chunk) == 32:
                     yield from self._finish(chunk)
                     chunk = []
             yield from self._finish(chunk)
             return
-        pending: list[Frame] = []   # frames since the last detector run
+        from concurrent.futures import ThreadPoolExecutor
+
+        # The detector runs in a worker thread, one interval ahead: while the encoder codes the
+        # frames up to run k-1, run k is computed (both release the GIL), so on a CPU detection
+        # mostly fills the cores the encoder leaves idle. Tracking stays in order on this thread.
+        waiting: deque = deque()    # (frames since the previous run, the run's frame, its detections)
+        mids: list[Frame] = []
         last: dict[int, Box] | None = None
         next_key = 0
-        for i, f in enumerate(self._decoded()):
-            fr = Frame(f.pts, f)
-            if i < next_key:
-                pending.append(fr)
-                continue
-            shown = self.tracker.update(self.detector([f.to_ndarray(format="rgb24")])[0])
-            self.runs += 1
-            if last is not None:  # pending: the last run's frame, then the frames up to this one
-                mids = pending[1:]
-                for p, b in zip(mids, between(last, shown, len(mids))):
-                    p.boxes = b
-                step = self.interval.update(last, shown, len(pending))
-            else:
-                step = self.interval.n
-            fr.boxes = list(shown.values())
-            yield from self._finish(pending)
-            pending, last, next_key = [fr], shown, i + step
-        for p in pending[1:]:  # the stream ended between runs: hold the last run's boxes
-            p.boxes = list((last or {}).values())
-        yield from self._finish(pending)
+        with ThreadPoolExecutor(1, thread_name_prefix="vqp-detect") as pool:
+            for i, f in enumerate(self._decoded()):
+                fr = Frame(f.pts, f)
+                if i < next_key:
+                    mids.append(fr)
+                    continue
+                waiting.append((mids, fr, pool.submit(self.detector, [f.to_ndarray(format="rgb24")])))
+                self.runs += 1
+                mids = []
+                while len(waiting) > 1:
+                    last = yield from self._resolve(waiting.popleft(), last)
+                next_key = i + self.interval.n
+            while waiting:
+                last = yield from self._resolve(waiting.popleft(), last)
+        for p in mids:  # the stream ended between runs: hold the last run's boxes
+            p.boxes = p.cover = list((last or {}).values())
+        yield from self._finish(mids)
+
+    def _resolve(self, entry, last: dict[int, Box] | None):
+        """Track one finished run and emit the frames up to it; returns its tracks."""
+        mids, key, future = entry
+        shown = self.tracker.update(future.result()[0])
+        cover = list(shown.values())
+        if last is not None:
+            for p, b in zip(mids, between(last, shown, len(mids))):
+                p.boxes = b
+            self.interval.update(last, shown, len(mids) + 1)
+            cover = [_union(last[k], shown[k]) if k in last and k in shown else (shown.get(k) or last[k])
+                     for k in {**last, **shown}]
+        key.boxes = list(shown.values())
+        for p in (*mids, key):
+            p.cover = cover
+        yield from self._finish([*mids, key])
+        return shown
 
     def _finish(self, frames: list[Frame]) -> Iterator[Frame]:
         if not frames:
             return
         o = self.o
-        self.boxes += [fr.boxes for fr in frames]
+        self.boxes += [(fr.boxes, fr.cover) for fr in frames]
         self.with_detections += sum(1 for fr in frames if fr.boxes)
         if o.uses_roi:
+            planned: dict[tuple, list[Region]] = {}
             for fr in frames:
-                fr.regions = plan(fr.boxes, self.width, self.height, grid=self.codec.grid, obj=o.roi_object,
-                                  bg=o.roi_background, config=o.roi)
+                key = tuple(fr.cover)
+                if key not in planned:
+                    planned[key] = plan(fr.cover, self.width, self.height, grid=self.codec.grid, obj=o.roi_object,
+                                        bg=o.roi_background, config=o.roi)
+                fr.regions = planned[key]
         if o.uses_pixels:
             if any(fr.boxes for fr in frames):
                 self._quantize(frames)

@@ -28,15 +28,15 @@ def encoder_frame(fr: Frame, fmt: str, side: SideData | None, plain: bool = Fals
         return fr.video
     f = fr.video if fr.planes is None else to_frame(fr.planes, fmt, fr.video.width, fr.video.height, fr.pts,
                                                      fr.video.time_base)
-    return side.attach(f, fr.regions) if side is not None and fr.regions else f
+    return side.attach(f, fr.regions) if side is not None else f
 
 
-def first_pass(src, o: VideoOptions, detector, stats_file: str) -> list[list[Box]]:
+def first_pass(src, o: VideoOptions, detector, stats_file: str) -> list[tuple[list[Box], list[Box]]]:
     """x264's first pass over the preprocessed stream; returns the boxes for the second pass."""
     reader = Reader(src)
     try:
         pipe = Pipeline(reader.frames(), str(src), o, detector)
-        side = SideData(pipe.width, pipe.height, pipe.fmt, reader.time_base) if o.uses_roi else None
+        side = SideData(pipe.width, pipe.height, pipe.fmt, reader.time_base, o.spec.roi_every_frame) if o.uses_roi else None
         enc = counter(o, pipe.fmt, pipe.width, pipe.height, reader.time_base, reader.rate, None,
                       flags=av.codec.context.Flags.pass1, stats=stats_file)
         for fr in pipe:
@@ -54,7 +54,7 @@ def match_crf(src, o: VideoOptions, detector) -> float:
     reader = Reader(src)
     try:
         pipe = Pipeline(reader.frames(), str(src), o, detector)
-        side = SideData(pipe.width, pipe.height, pipe.fmt, reader.time_base) if o.uses_roi else None
+        side = SideData(pipe.width, pipe.height, pipe.fmt, reader.time_base, o.spec.roi_every_frame) if o.uses_roi else None
         sample = []
         for fr in pipe:
             sample.append(fr)

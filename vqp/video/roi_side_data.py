@@ -18,7 +18,7 @@ from fractions import Fraction
 from typing import Sequence
 
 import av
-import torch
+import numpy as np
 
 from ..roi import RoiConfig
 from ..types import Box
@@ -39,14 +39,10 @@ class Region:
 
 def coverage(boxes: Sequence[tuple[int, int, int, int]], width: int, height: int, grid: int) -> float:
     """Share of the frame's grid cells that the (snapped) rectangles cover, overlaps counted once."""
-    hb, wb = -(-height // grid), -(-width // grid)
-    if not boxes:
-        return 0.0
-    r = torch.tensor(boxes, dtype=torch.int64) // grid  # (k, 4): x1, y1, x2, y2 in cells (x2, y2 exclusive)
-    ys, xs = torch.arange(hb)[None, :, None], torch.arange(wb)[None, None, :]
-    inside = ((ys >= r[:, 1, None, None]) & (ys < r[:, 3, None, None])
-              & (xs >= r[:, 0, None, None]) & (xs < r[:, 2, None, None]))
-    return float(inside.any(0).float().mean())
+    cells = np.zeros((-(-height // grid), -(-width // grid)), bool)
+    for x1, y1, x2, y2 in boxes:  # a handful of rectangles per frame
+        cells[y1 // grid:-(-y2 // grid), x1 // grid:-(-x2 // grid)] = True
+    return float(cells.mean())
 
 
 def plan(boxes: Sequence[Box], width: int, height: int, *, grid: int, obj: float, bg: float,
@@ -54,8 +50,9 @@ def plan(boxes: Sequence[Box], width: int, height: int, *, grid: int, obj: float
     """Regions for one frame, in the order the encoder must apply them (first wins).
 
     Offsets follow object coverage ``c``: objects get ``obj * (1 - c)`` (boosting most of the frame
-    only raises the whole frame's rate) and the background ``bg + |obj| * c`` (the more the
-    objects take, the more the rest pays). A box's weight (class priority times confidence up to
+    only raises the whole frame's rate) and the background ``bg + |obj| * c * (1 - c)``: the extra
+    it pays grows with what the objects take (c) and with how much background there is to take
+    it from (1 - c), so a sliver of background around a frame-filling object is not wrecked. A box's weight (class priority times confidence up to
     ``conf_full``) blends its core between the background and the object offset. A frame without
     boxes gets no regions: it is encoded exactly as plain.
     """
@@ -68,7 +65,7 @@ def plan(boxes: Sequence[Box], width: int, height: int, *, grid: int, obj: float
     if not cores:
         return []
     c = coverage([r for r, _ in cores], width, height, grid)
-    o_obj, o_bg = obj * (1 - c), min(1.0, bg + abs(obj) * c)
+    o_obj, o_bg = obj * (1 - c), min(1.0, bg + abs(obj) * c * (1 - c))
     regions = []
     for (x1, y1, x2, y2), w in cores:
         core = o_bg + (o_obj - o_bg) * w
@@ -96,10 +93,14 @@ def _q(v: float) -> float:
 
 
 class SideData:
-    """Attaches regions to frames of one size and format, rebuilding the addroi graph only on change."""
+    """Attaches regions to frames of one size and format, rebuilding the addroi graph only on change.
 
-    def __init__(self, width: int, height: int, fmt: str, time_base):
+    ``every_frame``: frames without regions get one neutral region (offset 0, the same bitstream as
+    none), for encoders that cannot take a mix of frames with and without ROI data."""
+
+    def __init__(self, width: int, height: int, fmt: str, time_base, every_frame: bool = False):
         self.width, self.height, self.fmt = width, height, fmt
+        self.neutral = [Region(0, 0, width, height, 0.0)] if every_frame else []
         self.time_base = Fraction(time_base)
         self.key: tuple | None = None
         self.graph: av.filter.Graph | None = None
@@ -107,6 +108,7 @@ class SideData:
 
     def attach(self, frame: av.VideoFrame, regions: Sequence[Region]) -> av.VideoFrame:
         """``frame`` with the regions as side data (the frame itself when there are none)."""
+        regions = regions or self.neutral
         if not regions:
             return frame
         key = tuple(regions)
