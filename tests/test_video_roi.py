@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST, MODELS, ROOT, decode
+from conftest import FAST, MODELS, ROOT, decode, make_clip, moving_square
 from vqp.codecs import CODECS
 from vqp.metrics import psnr
 from vqp.types import Box
@@ -201,3 +201,14 @@ print(n)
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and r.stdout.strip() == "40", r.stderr[-500:]
+
+
+def test_source_picture_types_do_not_reach_the_encoder(tmp_path, detector):
+    """Decoded frames of an intra-only source are typed I; passed on as they are, x264 would code
+    every one as an I-frame. The encoder picks its own types, with ROI as without."""
+    src = make_clip(tmp_path / "intra.mkv", moving_square(12), codec="ffv1")
+    for method in ("roi", "pixel"):
+        encode_video(src, tmp_path / f"{method}.mp4", VideoOptions(method=method, **FAST), detector=detector)
+        with av.open(str(tmp_path / f"{method}.mp4")) as c:
+            keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
+        assert len(keys) == 12 and sum(keys) == 1, (method, keys)

@@ -32,16 +32,13 @@ class Codec:
     crf_range: tuple[float, float] = (0, 51)
     default_crf: float | None = 23.0
     options: dict = field(default_factory=dict)      # always set (user options override)
-    roi_options: dict = field(default_factory=dict)  # set when ROI side data is used (user options override)
     roi_every_frame: bool = False      # needs ROI data on every frame once it had some (see libx265 below)
     containers: str = ".mp4 .mkv .mov"
 
     def configure(self, cc, *, crf: float | None, bitrate: int | None, preset: str, quality: int | None,
-                  gop: int | None, roi: bool, extra: dict[str, str]) -> None:
+                  gop: int | None, extra: dict[str, str]) -> None:
         """Set rate control and options on a PyAV CodecContext (size, format and timing are set by the caller)."""
         opts: dict[str, str] = dict(self.options)
-        if roi:
-            opts.update(self.roi_options)
         if self.name in ("libx264", "libx265"):
             opts["preset"] = preset
         if bitrate:
@@ -71,10 +68,10 @@ def mjpeg_qscale(quality: int) -> int:
 
 
 CODECS: dict[str, Codec] = {c.name: c for c in (
-    # x264 reads ROI only with adaptive quantization on. With ROI, auto-variance AQ (aq-mode 2)
-    # measured best (benchmarks/RESULTS.md, "ROI strength and aq-mode"); plain x264 keeps its aq-mode 1.
+    # x264 reads ROI only with adaptive quantization on; its default aq-mode 1 measured best with
+    # ROI (benchmarks/RESULTS.md, "ROI strength and aq-mode"), so vqp keeps it.
     Codec("libx264", 16, True, "yuv420p", "yuv444p", roi=True, method="roi",
-          rate=frozenset({CRF, BITRATE, TWO_PASS}), roi_options={"aq-mode": "2"}),
+          rate=frozenset({CRF, BITRATE, TWO_PASS})),
     # libx265 (FFmpeg 8.1 wrapper) crashes when frames with ROI data and frames without are mixed:
     # frames without detections get one neutral region (offset 0), which encodes bit-identically.
     Codec("libx265", 16, True, "yuv420p", "yuv444p", roi=True, method="roi",

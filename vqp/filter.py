@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from .errors import VqpError
+from .roi import ROI_CONF
 from .video import DETECT_SIZE, Pipeline, VideoOptions, validate
 from .video.io import planes, to_frame
 from .y4m import Y4mHeader, read_frames, read_header, write_frame
@@ -44,7 +45,7 @@ def filter_y4m(inp: BinaryIO, out: BinaryIO, options: VideoOptions = VideoOption
     if o.preprocess and detector is None:
         from .detect import load_detector
 
-        detector = load_detector(imgsz=DETECT_SIZE)
+        detector = load_detector(imgsz=DETECT_SIZE, fast=True, conf=ROI_CONF)
     st = FilterStats()
     try:
         pipe = Pipeline(frames, "<stdin>", o, detector, fmt=head.fmt)

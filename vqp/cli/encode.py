@@ -5,6 +5,7 @@ import json
 import re
 
 from ..errors import VqpError
+from ..roi import ROI_CONF
 from ..video.options import VideoOptions
 from . import add_detector_args, detector_from_args
 
@@ -69,7 +70,7 @@ def register(sub) -> None:
     p.add_argument("--preview", metavar="FILE.png", help="write a strip of frames with the ROI map and boxes drawn over them")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_video_args(p)
-    add_detector_args(p)
+    add_detector_args(p, conf=ROI_CONF)
     p.set_defaults(func=run, imgsz=None)  # None: vqp.video.DETECT_SIZE
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..roi import ROI_CONF
 from . import add_detector_args, detector_from_args
 from .encode import add_video_args, options_from_args
 
@@ -17,7 +18,7 @@ def register(sub) -> None:
                         "(default libx264)")
     p.add_argument("--stats", action="store_true", help="print a summary on stderr at the end")
     add_video_args(p)
-    add_detector_args(p)
+    add_detector_args(p, conf=ROI_CONF)
     p.set_defaults(func=run, imgsz=None)  # None: vqp.video.DETECT_SIZE
 
 
@@ -29,7 +30,7 @@ def run(args) -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     o = options_from_args(args, codec=args.codec)
-    det = detector_from_args(args) if o.preprocess else None
+    det = detector_from_args(args, fast=True) if o.preprocess else None
     try:
         st = filter_y4m(sys.stdin.buffer, out, o, detector=det)
         out.close()

@@ -387,29 +387,29 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         """State (queued, running, done, failed), progress in [0, 1], error or note, and result stats."""
         return get_job(request, job_id).to_dict()
 
+    def finished_file(request: Request, job_id: str, name: str | None, what: str) -> tuple[Path, str]:
+        """A file of a done job (409 while it is not done, 410 when the file is gone), and the job's stem."""
+        job = get_job(request, job_id)
+        if job.state != "done":
+            raise HTTPException(409, f"job is {job.state}" + (f": {job.error}" if job.error else ""))
+        path = svc(request).store.folder(job.id) / (name or job.output)
+        if not path.is_file():
+            raise HTTPException(410, f"the job's {what} is gone")
+        return path, Path(job.name).stem
+
     @app.get("/v1/jobs/{job_id}/result", response_class=FileResponse,
              responses={200: {"content": {"video/*": {}}, "description": "the encoded video"}})
     def job_result(request: Request, job_id: str):
         """The encoded video of a finished job (409 while it is not done)."""
-        job = get_job(request, job_id)
-        if job.state != "done":
-            raise HTTPException(409, f"job is {job.state}" + (f": {job.error}" if job.error else ""))
-        path = svc(request).store.folder(job.id) / job.output
-        if not path.is_file():
-            raise HTTPException(410, "the job's output file is gone")
-        return FileResponse(path, filename=f"{Path(job.name).stem}.vqp{path.suffix}")
+        path, stem = finished_file(request, job_id, None, "output file")
+        return FileResponse(path, filename=f"{stem}.vqp{path.suffix}")
 
     @app.get("/v1/jobs/{job_id}/preview", response_class=FileResponse,
              responses={200: {"content": {"image/png": {}}, "description": "frames with the ROI map and boxes"}})
     def job_preview(request: Request, job_id: str):
         """A strip of the finished job's frames with the ROI map and the boxes drawn over them (409 while not done)."""
-        job = get_job(request, job_id)
-        if job.state != "done":
-            raise HTTPException(409, f"job is {job.state}" + (f": {job.error}" if job.error else ""))
-        path = svc(request).store.folder(job.id) / PREVIEW
-        if not path.is_file():
-            raise HTTPException(410, "the job's preview is gone")
-        return FileResponse(path, media_type="image/png", filename=f"{Path(job.name).stem}.preview.png")
+        path, stem = finished_file(request, job_id, PREVIEW, "preview")
+        return FileResponse(path, media_type="image/png", filename=f"{stem}.preview.png")
 
     @app.delete("/v1/jobs/{job_id}", status_code=204)
     def delete_job(request: Request, job_id: str):

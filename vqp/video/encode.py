@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import VqpError
 from ..imageio import publish, reserve_temp
+from ..roi import ROI_CONF
 from ..types import Box, Detections
 from .io import STDIO, Reader, Writer, counter, message, stdin, stdout
 from .options import DETECT_SIZE, EncodeStats, VideoOptions, validate
@@ -46,7 +47,7 @@ def encode_video(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, opti
     if o.preprocess and detector is None:
         from ..detect import load_detector
 
-        detector = load_detector(imgsz=DETECT_SIZE, fast=True, device=o.device)
+        detector = load_detector(imgsz=DETECT_SIZE, fast=True, device=o.device, conf=ROI_CONF)
     spool = None
     if from_pipe and (o.two_pass or o.match_crf is not None):  # several passes need the input twice
         spool = tempfile.NamedTemporaryFile(prefix="vqp-stdin-", suffix=".bin", delete=False)
@@ -125,7 +126,7 @@ def _pass(src, dst, o: VideoOptions, detector, cache, crf, progress, stats_file,
         plain = None
         if plain_crf is not None:
             po = replace(o, match_crf=None, two_pass=False)
-            plain = counter(po, fmt, w, h, reader.time_base, reader.rate, plain_crf, roi=False)
+            plain = counter(po, fmt, w, h, reader.time_base, reader.rate, plain_crf)
         shots = None
         if preview:
             from .preview import Preview

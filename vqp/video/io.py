@@ -134,8 +134,10 @@ def to_frame(data: list[np.ndarray], fmt: str, w: int, h: int, pts: int, time_ba
 
 
 def conform(frame: av.VideoFrame, fmt: str, w: int, h: int) -> av.VideoFrame:
-    """The decoded frame as the encoder takes it: in ``fmt``, w x h, same timestamps.
+    """The decoded frame as the encoder takes it: in ``fmt``, w x h, same timestamps, no picture type.
 
+    A decoded frame keeps the picture type the source coded it with, and FFmpeg's encoders obey
+    it (libx264 codes a frame typed I as an I-frame): cleared, the encoder picks its own types.
     Only odd-sized frames (cropped for 4:2:0) go through numpy; a format change is one swscale call."""
     pts, tb = frame.pts, frame.time_base
     if (frame.width, frame.height) != (w, h):
@@ -143,11 +145,12 @@ def conform(frame: av.VideoFrame, fmt: str, w: int, h: int) -> av.VideoFrame:
     if frame.format.name != fmt:
         frame = frame.reformat(format=fmt)
         frame.pts, frame.time_base = pts, tb
+    frame.pict_type = 0  # AV_PICTURE_TYPE_NONE
     return frame
 
 
 def configure(cc, o: VideoOptions, fmt: str, w: int, h: int, time_base, rate, crf: float | None,
-              flags: int = 0, stats: str | None = None, roi: bool | None = None) -> None:
+              flags: int = 0, stats: str | None = None) -> None:
     """Size, format and timing of an encoder context; rate control and options come from the codec registry."""
     cc.width, cc.height, cc.pix_fmt = w, h, fmt
     cc.time_base, cc.framerate = time_base, rate
@@ -156,8 +159,7 @@ def configure(cc, o: VideoOptions, fmt: str, w: int, h: int, time_base, rate, cr
     extra = dict(o.codec_options)
     if stats:
         extra["stats"] = stats
-    o.spec.configure(cc, crf=crf, bitrate=o.bitrate, preset=o.preset, quality=o.mjpeg_quality, gop=o.gop,
-                     roi=o.uses_roi if roi is None else roi, extra=extra)
+    o.spec.configure(cc, crf=crf, bitrate=o.bitrate, preset=o.preset, quality=o.mjpeg_quality, gop=o.gop, extra=extra)
 
 
 def counter(o: VideoOptions, fmt, w, h, time_base, rate, crf, **kw) -> Callable:

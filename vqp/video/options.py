@@ -31,8 +31,9 @@ class VideoOptions:
     detect_min: int = 2
     detect_max: int = 32
     # ROI method: FFmpeg qoffsets in [-1, 1] (x qp range: 51 QP for 8-bit x264/x265, 63 q for VP9)
-    roi_object: float = -0.12       # object cores (scaled down as objects cover more of the frame)
-    roi_background: float = 0.04    # the rest of the frame (raised as objects cover more of it)
+    # (the strongest pair whose full-frame cost stays well under +20 % BD-rate: RESULTS.md, "ROI strength")
+    roi_object: float = -0.18       # object cores (scaled down as objects cover more of the frame)
+    roi_background: float = 0.06    # the rest of the frame (raised as objects cover more of it)
     # pixel method (the DCT requantizer in front of the encoder)
     strength: float = 3.0           # background step multiplier (see QuantParams)
     keep: int = 64                  # zigzag coefficients kept in background blocks

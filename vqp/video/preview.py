@@ -1,5 +1,6 @@
 """``--preview``: a strip of frames with the ROI map and the boxes drawn over them, so a user sees
-where the bits went (green: finer than plain, red: coarser; pixel method: the importance map)."""
+where the bits went (green: finer than plain, red: coarser; the pixel method shows the frame as
+requantized, blocky where the background gave its bits up)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import VqpError
 from ..imageio import write_atomic
+from .io import to_frame
 from .pipeline import Frame
 
 WIDTH = 320  # each frame's width in the strip
@@ -32,7 +34,11 @@ class Preview:
 
     @staticmethod
     def tile(fr: Frame) -> Image.Image:
-        rgb = fr.video.to_ndarray(format="rgb24").astype(np.float32)
+        """The frame as encoded (the pixel method's requantized planes), tinted by its regions, with boxes."""
+        v = fr.video
+        if fr.planes is not None:
+            v = to_frame(fr.planes, v.format.name, v.width, v.height, fr.pts, v.time_base)
+        rgb = v.to_ndarray(format="rgb24").astype(np.float32)
         h, w = rgb.shape[:2]
         tint = np.zeros((h, w), np.float32)  # -1 finer ... +1 coarser
         for r in reversed(fr.regions):  # the first region wins: paint it last

@@ -65,7 +65,7 @@ def match_crf(src, o: VideoOptions, detector) -> float:
     args = (pipe.fmt, pipe.width, pipe.height, reader.time_base, reader.rate)
 
     def size(crf: float, plain: bool) -> int:
-        enc = counter(o, *args, crf, roi=not plain and o.uses_roi)
+        enc = counter(o, *args, crf)
         for fr in sample:
             enc(encoder_frame(fr, pipe.fmt, side, plain))
         return enc(None)
