@@ -110,6 +110,11 @@ def encode_clip(codec: Codec, value, src: Path, dst: Path, detector):
     from vqp.video import VideoOptions, encode_video
 
     grid = {"mjpeg_quality": int(value)} if codec.encoder == "mjpeg" else {codec.param: float(value)}
+    from vqp.roi import RoiConfig
+
+    settings = dict(codec.settings)
+    if "roi" in settings:  # a mapping of RoiConfig fields (margin, feather, ...)
+        settings["roi"] = RoiConfig(**settings["roi"])
     o = VideoOptions(codec=codec.encoder, preprocess=codec.vqp, codec_options=dict(codec.options),
-                     **codec.settings, **grid)
+                     **settings, **grid)
     return encode_video(src, dst, o, detector=detector if codec.vqp else None)

@@ -179,12 +179,14 @@ class Runner:
 
     @property
     def video_detector(self):
-        """The detector as `vqp encode` runs it by default (its input size, OpenVINO on the CPU)."""
+        """The detector as `vqp encode` runs it by default (its input size, OpenVINO on the CPU), loaded and
+        run once before any clip, as in a service or a batch: encode times then hold no start-up cost."""
         if self._video_detector is None:
             from vqp.detect import load_detector
             from vqp.video import DETECT_SIZE
 
             self._video_detector = load_detector(self.cfg.model, conf=self.cfg.roi_conf, imgsz=DETECT_SIZE, fast=True)
+            self._video_detector([np.zeros((DETECT_SIZE, DETECT_SIZE, 3), np.uint8)])  # warm: wall times are per clip
         return self._video_detector
 
     def run(self) -> list[dict]:

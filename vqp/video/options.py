@@ -31,16 +31,21 @@ class VideoOptions:
     detect_min: int = 2
     detect_max: int = 32
     # ROI method: FFmpeg qoffsets in [-1, 1] (x qp range: 51 QP for 8-bit x264/x265, 63 q for VP9)
-    # (the strongest pair whose full-frame cost stays well under +20 % BD-rate: RESULTS.md, "ROI strength")
-    roi_object: float = -0.18       # object cores (scaled down as objects cover more of the frame)
-    roi_background: float = 0.06    # the rest of the frame (raised as objects cover more of it)
+    # (chosen on the strength sweep, RESULTS.md "ROI strength and aq-mode")
+    roi_object: float = -0.15       # object cores (scaled down as objects cover more of the frame)
+    roi_background: float = 0.05    # the rest of the frame (raised as objects cover more of it)
+    plan_every: int = 4             # frames that share one region plan (each track's extent over them)
     # pixel method (the DCT requantizer in front of the encoder)
     strength: float = 3.0           # background step multiplier (see QuantParams)
     keep: int = 64                  # zigzag coefficients kept in background blocks
     dc_strength: float = 2.0
     quality: int = 50               # JPEG-table quality whose steps inter codecs' background is rounded to
     hold: float = 5.0               # RMS luma change under which a background macroblock is held (0: off)
-    roi: RoiConfig = field(default_factory=lambda: RoiConfig(margin=8.0, feather=16.0))
+    # ROI method regions: boxes as they are, snapped outwards to the encoder's blocks; a ring of
+    # intermediate offset (feather) and a margin cost more object quality per bit than they bought (sweep)
+    roi: RoiConfig = field(default_factory=lambda: RoiConfig(margin=0.0, feather=0.0))
+    # pixel method importance map: requantized blocks need a soft edge around the objects
+    importance: RoiConfig = field(default_factory=lambda: RoiConfig(margin=8.0, feather=16.0))
     track: TrackConfig = field(default_factory=TrackConfig)
     device: str | None = None       # torch device for the pixel stage (default: the detector's, else cpu)
     measure_plain: bool = False     # also encode the plain stream (not written) to report its bitrate

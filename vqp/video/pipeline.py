@@ -57,10 +57,10 @@ class Interval:
     Frames between two runs get boxes interpolated linearly between them, which is exact for
     objects moving at constant velocity, however fast. What it misses is a change of course or
     speed, so after each run the interval is judged by how far each track's centre lies from where
-    its velocity over the two previous runs would have put it: more than ``tol`` pixels (the ROI's
-    margin plus feather) halves the interval, under half of it doubles it. Detector jitter alone
+    its velocity over the two previous runs would have put it: more than ``tol`` pixels (about a
+    macroblock and a half) halves the interval, under half of it doubles it. Detector jitter alone
     stays under that; an object that newly appears is shown from the previous run on where it was
-    first seen, inside its margin and feather.
+    first seen.
     """
 
     def __init__(self, start: int, lo: int, hi: int, tol: float = 24.0):
@@ -103,9 +103,9 @@ class Pipeline:
     ``cache`` gives every frame's (boxes, cover) from an earlier pass (two-pass, match-crf, whose
     ``boxes`` attribute it is): no detector then, and the very same regions.
 
-    ROI regions are planned once per detection interval, from each track's extent over the
-    interval (``cover``: the union of its boxes at the two runs, exact under linear motion), so the
-    encoder's offsets stay put within an interval and the addroi graph is rebuilt once per run.
+    ROI regions are planned once per group of ``plan_every`` frames, from each track's extent over
+    the group (``cover``: the union of its first and last box, exact under the linear motion the
+    boxes are interpolated with), so the addroi graph is rebuilt at most once per group.
     """
 
     def __init__(self, frames: Iterator[av.VideoFrame], name: str, o: VideoOptions, detector,
@@ -131,7 +131,7 @@ class Pipeline:
             raise VqpError(f"{name}: frame size {f.width}x{f.height} is too small (at least 16x16)")
         self.rotation = int(round(f.rotation or 0))
         self.tracker = Tracker(o.track)
-        self.interval = Interval(o.detect_every, o.detect_min, o.detect_max, o.roi.margin + o.roi.feather)
+        self.interval = Interval(o.detect_every, o.detect_min, o.detect_max)
         self.device = torch.device(o.device or getattr(detector, "device", None) or "cpu")
         if o.uses_pixels:
             self.tables = self._tables()
@@ -198,17 +198,23 @@ class Pipeline:
         """Track one finished run and emit the frames up to it; returns its tracks."""
         mids, key, future = entry
         shown = self.tracker.update(future.result()[0])
-        cover = list(shown.values())
-        if last is not None:
-            for p, b in zip(mids, between(last, shown, len(mids))):
-                p.boxes = b
-            self.interval.update(last, shown, len(mids) + 1)
-            cover = [_union(last[k], shown[k]) if k in last and k in shown else (shown.get(k) or last[k])
-                     for k in {**last, **shown}]
         key.boxes = list(shown.values())
-        for p in (*mids, key):
-            p.cover = cover
-        yield from self._finish([*mids, key])
+        layout = [key.boxes]  # every frame's boxes, one track at the same position in each list
+        if last is not None:
+            layout = between(last, shown, len(mids))
+            for p, b in zip(mids, layout):
+                p.boxes = b
+            layout.append([shown[k] for k in last if k in shown] + [last[k] for k in last if k not in shown]
+                          + [shown[k] for k in shown if k not in last])
+            self.interval.update(last, shown, len(mids) + 1)
+        frames = [*mids, key]
+        step = max(1, self.o.plan_every)
+        for i in range(0, len(frames), step):  # one region plan per group: each track's extent over it
+            a, b = layout[i], layout[min(i + step, len(frames)) - 1]
+            cover = [_union(x, y) for x, y in zip(a, b)]
+            for p in frames[i:i + step]:
+                p.cover = cover
+        yield from self._finish(frames)
         return shown
 
     def _finish(self, frames: list[Frame]) -> Iterator[Frame]:
@@ -235,7 +241,7 @@ class Pipeline:
     def _quantize(self, frames: list[Frame]) -> None:
         o, grid = self.o, self.codec.grid
         dets = [Detections(fr.boxes, self.height, self.width) for fr in frames]
-        imp = roi_map(dets, block=grid, config=o.roi, device=self.device).importance
+        imp = roi_map(dets, block=grid, config=o.importance, device=self.device).importance
         src = [planes(fr.video, self.fmt, self.width, self.height) for fr in frames]
         data = [torch.from_numpy(np.stack([s[k] for s in src])).to(self.device) for k in range(len(src[0]))]
         active = imp.flatten(1).amax(1) > 0
