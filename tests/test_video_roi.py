@@ -32,13 +32,13 @@ SETTINGS = {"libx264": {"crf": "32", "preset": "veryfast"},
             "libvpx-vp9": {"crf": "40", "b": "0", "deadline": "realtime", "cpu-used": "7"}}
 
 
-def encode_halves(codec, regions):
+def encode_halves(codec, regions, settings=None):
     """Encode the texture at one CRF with these regions on every frame; mean luma PSNR per half."""
     frames = texture(6)
     tb = Fraction(1, 10)
     cc = av.CodecContext.create(codec, "w")
     cc.width, cc.height, cc.pix_fmt, cc.time_base = 128, 64, "yuv420p", tb
-    cc.options = SETTINGS[codec]
+    cc.options = settings or SETTINGS[codec]
     side = SideData(128, 64, "yuv420p", tb)
     packets = []
     for i, a in enumerate(frames):
@@ -63,6 +63,14 @@ def test_side_data_reaches_the_encoder(codec):
     roi = encode_halves(codec, [Region(0, 0, 64, 64, -0.15), Region(0, 0, 128, 64, 0.15)])
     assert roi[0] > plain[0] + 1.0
     assert roi[1] < plain[1] - 1.0
+
+
+def test_vp9_honours_roi_only_in_realtime_mode():
+    """Why vqp runs VP9 with deadline=realtime: in 'good' mode libvpx leaves the same regions unused."""
+    good = {"crf": "40", "b": "0", "deadline": "good", "cpu-used": "4"}
+    regions = [Region(0, 0, 64, 64, -0.15), Region(0, 0, 128, 64, 0.15)]
+    assert encode_halves("libvpx-vp9", regions, good) == encode_halves("libvpx-vp9", [], good)
+    assert CODECS["libvpx-vp9"].options["deadline"] == "realtime"
 
 
 def test_regions_snap_to_the_grid_and_come_objects_first():

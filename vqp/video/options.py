@@ -42,7 +42,7 @@ class VideoOptions:
     quality: int = 50               # JPEG-table quality whose steps inter codecs' background is rounded to
     hold: float = 5.0               # RMS luma change under which a background macroblock is held (0: off)
     # ROI method regions: boxes as they are, snapped outwards to the encoder's blocks; a ring of
-    # intermediate offset (feather) and a margin cost more object quality per bit than they bought (sweep)
+    # intermediate offset (feather) measured within a point of none, a margin no better (sweep)
     roi: RoiConfig = field(default_factory=lambda: RoiConfig(margin=0.0, feather=0.0))
     # pixel method importance map: requantized blocks need a soft edge around the objects
     importance: RoiConfig = field(default_factory=lambda: RoiConfig(margin=8.0, feather=16.0))
