@@ -48,6 +48,16 @@ def detector_from_args(args, fast: bool = False):
                          fast=fast)
 
 
+def take_stdout(buffering: int = -1):
+    """Stdout as a binary stream for the video alone: the real descriptor is duplicated for the
+    caller and fd 1 (and ``sys.stdout``) now go to stderr, so no library's print lands in the stream."""
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=buffering)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    return out
+
+
 def add_roi_args(p: argparse.ArgumentParser) -> None:
     """ROI map options (vqp.roi.RoiConfig) shared by the image and video commands."""
     from ..roi import RoiConfig

@@ -7,7 +7,7 @@ import re
 from ..errors import VqpError
 from ..roi import ROI_CONF
 from ..video.options import VideoOptions
-from . import add_detector_args, detector_from_args
+from . import add_detector_args, detector_from_args, take_stdout
 
 
 def bitrate(text: str) -> int:
@@ -93,7 +93,6 @@ def options_from_args(args, **kw):
 
 
 def run(args) -> int:
-    import os
     import sys
 
     from ..video import encode_video
@@ -106,16 +105,12 @@ def run(args) -> int:
                           mjpeg_quality=args.quality, codec_options=dict(args.codec_option),
                           measure_plain=args.compare, max_frames=args.frames, container=args.format,
                           roi_object=args.roi_offsets[0], roi_background=args.roi_offsets[1])
-    if to_pipe:  # stdout carries the video: move it aside so no library's print can land in the stream
-        out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-        sys.stdout.flush()
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-        sys.stdout = sys.stderr
+    out = take_stdout() if to_pipe else None
     det = detector_from_args(args, fast=True) if o.preprocess else None
-    st = encode_video(args.input, out if to_pipe else args.output, o, detector=det, progress=sys.stderr.isatty() and not to_pipe,
+    st = encode_video(args.input, out or args.output, o, detector=det, progress=sys.stderr.isatty() and not to_pipe,
                       preview=args.preview)
-    if args.json:
-        print(json.dumps({"input": args.input, "output": args.output, **st.__dict__}), file=sys.stderr if to_pipe else sys.stdout)
+    if args.json:  # with the video on stdout, take_stdout has sent print() to stderr
+        print(json.dumps({"input": args.input, "output": args.output, **st.__dict__}))
     else:
-        print(f"{args.input} -> {args.output}: {st.summary()}", file=sys.stderr if to_pipe else sys.stdout)
+        print(f"{args.input} -> {args.output}: {st.summary()}")
     return 0

@@ -5,7 +5,7 @@ import os
 import sys
 
 from ..roi import ROI_CONF
-from . import add_detector_args, detector_from_args
+from . import add_detector_args, detector_from_args, take_stdout
 from .encode import add_video_args, options_from_args
 
 
@@ -25,10 +25,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..filter import filter_y4m
 
-    # stdout carries the video: move it aside so no library's print can land in the stream
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 20)
-    sys.stdout.flush()
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    out = take_stdout(buffering=1 << 20)
     o = options_from_args(args, codec=args.codec)
     det = detector_from_args(args, fast=True) if o.preprocess else None
     try:

@@ -32,7 +32,8 @@ def encode_video(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, opti
     """Encode ``src`` to ``dst`` with object-aware rate allocation; the output appears only when complete.
 
     ``src`` / ``dst`` may be ``"-"`` for stdin / stdout, and ``dst`` a binary stream (then
-    ``options.container`` names the output format). ``preview`` writes a PNG strip of frames with the regions and boxes drawn over them.
+    ``options.container`` names the output format). ``preview`` writes a PNG strip of frames
+    with the regions and boxes drawn over them.
     """
     o = options
     validate(o)
@@ -131,7 +132,8 @@ def _pass(src, dst, o: VideoOptions, detector, cache, crf, progress, stats_file,
         if preview:
             from .preview import Preview
 
-            shots = Preview(min(reader.total or o.max_frames or 0, o.max_frames or reader.total or 0) or None)
+            total = min(filter(None, (reader.total, o.max_frames)), default=None)  # frames this pass will see
+            shots = Preview(total)
         st = EncodeStats(width=w, height=h, codec=o.codec, copied_streams=len(writer.copied))
         first = last = None
         bar = tqdm(total=reader.total, unit="f", disable=not progress or callable(progress), desc="-" if to_pipe else Path(dst).name,

@@ -32,7 +32,7 @@ from ..roi import roi_map
 from ..track import Tracker, between
 from ..types import Box, Detections
 from .hold import Holder
-from .io import planes
+from .io import conform, planes
 from .options import VideoOptions
 from .roi_side_data import Region, plan
 
@@ -147,8 +147,6 @@ class Pipeline:
 
     # -- frames and boxes -----------------------------------------------------------------------
     def _decoded(self) -> Iterator[av.VideoFrame]:
-        from .io import conform
-
         n = 0
         f = self.first
         while f is not None and n != self.o.max_frames:

@@ -3,6 +3,7 @@ where the bits went (green: finer than plain, red: coarser; the pixel method sho
 requantized, blocky where the background gave its bits up)."""
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -64,8 +65,6 @@ class Preview:
         strip = Image.new("RGB", (cols * WIDTH, rows * th), (0, 0, 0))
         for i, t in enumerate(self.tiles):
             strip.paste(t, ((i % cols) * WIDTH, (i // cols) * th))
-        import io
-
         buf = io.BytesIO()
         fmt = "JPEG" if str(path).lower().endswith((".jpg", ".jpeg")) else "PNG"
         strip.save(buf, fmt)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..types import Box
-from .io import Reader, configure, counter
+from .io import Reader, configure, counter, to_frame
 from .options import VideoOptions
 from .pipeline import Frame, Pipeline
 from .roi_side_data import SideData
@@ -22,8 +22,6 @@ from .roi_side_data import SideData
 def encoder_frame(fr: Frame, fmt: str, side: SideData | None, plain: bool = False) -> av.VideoFrame:
     """What the encoder gets for one pipeline frame: its planes (pixel method) or the decoded frame,
     with the ROI regions attached; ``plain`` gives the untouched source."""
-    from .io import to_frame
-
     if plain:
         return fr.video
     f = fr.video if fr.planes is None else to_frame(fr.planes, fmt, fr.video.width, fr.video.height, fr.pts,

@@ -5,11 +5,12 @@ per-block quantizer offsets inside their own rate control.
 PyAV cannot add side data to a frame, but a frame pulled from a filter graph
 ``buffer -> addroi -> ... -> buffersink`` carries it into ``encode()``. ``addroi`` fixes its
 rectangle when the graph is built, so the graph is rebuilt whenever the regions change; regions
-are snapped to the encoder's block grid first, so that happens only when a box crosses a block.
+are snapped to the encoder's block grid and the pipeline plans them once per few frames, so that
+happens at most once per plan.
 
 Where regions overlap the first one wins, so they are listed most negative offset first: object
-cores, then the ring of intermediate offset around each (a feather, so the quantizer does not
-step at the box edge), then the whole frame at the background offset.
+cores, then (with a feather) a ring of intermediate offset around each, then the whole frame at
+the background offset.
 """
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ def plan(boxes: Sequence[Box], width: int, height: int, *, grid: int, obj: float
     Offsets follow object coverage ``c``: objects get ``obj * (1 - c)`` (boosting most of the frame
     only raises the whole frame's rate) and the background ``bg + |obj| * c * (1 - c)``: the extra
     it pays grows with what the objects take (c) and with how much background there is to take
-    it from (1 - c), so a sliver of background around a frame-filling object is not wrecked. A box's weight (class priority times confidence up to
-    ``conf_full``) blends its core between the background and the object offset. A frame without
-    boxes gets no regions: it is encoded exactly as plain.
+    it from (1 - c), so a sliver of background around a frame-filling object is not wrecked. A
+    box's weight (class priority times confidence up to ``conf_full``) blends its core between the
+    background and the object offset. A frame without boxes gets no regions: it is encoded
+    exactly as plain.
     """
     cores = []
     for b in boxes:
