@@ -155,10 +155,12 @@ def test_method_option_and_bad_values(bus_clip, tmp_path):
                       (["--method", "roi", "-x", "aq-mode=0"], "aq-mode 0"),
                       (["--codec", "h266"], "unknown codec"),
                       (["--codec", "mjpeg", "--crf", "20"], "takes no crf"),
+                      (["--codec", "mjpeg", "--bitrate", "300k"], "takes no bitrate"),
+                      (["--codec", "libvpx-vp9", "--crf", "70"], "between 0 and 63"),
                       (["--roi-offsets", "0.3,0.1"], "ROI offsets")):
         r = _cli("encode", str(bus_clip), str(tmp_path / "x.mp4"), "--model", MODEL, *args, text=True)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and msg in r.stderr, (args, r.stderr)
-    assert not (tmp_path / "x.mp4").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4"]  # no output, no temp file left
 
 
 def test_stdin_stdout_pipes(bus_clip, tmp_path):
