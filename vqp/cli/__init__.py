@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from .. import __version__
 from ..errors import VqpError
 
 # subcommand modules; each has register(subparsers) and sets func(args) -> int
@@ -16,6 +17,7 @@ COMMANDS = ("detect", "image", "serve", "robustness", "repair", "encode", "filte
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vqp", description="Detector-driven encoder preprocessing: objects keep their bits.")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    p.add_argument("-V", "--version", action="version", version=f"vqp {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
@@ -81,14 +83,30 @@ def roi_from_args(args):
     return RoiConfig(margin=args.margin, feather=args.feather, conf_full=args.conf_full, priority=args.priority)
 
 
+# optional extras (pyproject.toml) and a module each of them brings
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "prometheus_client": "serve",
+          "pydantic_settings": "serve", "pycocotools": "repair", "imagecorruptions": "repair"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    """Run one command; every failure ends in one line on stderr and a status, never a traceback.
+
+    Building the parser imports the subcommands (and with them torch), so Ctrl-C there is
+    handled too.
+    """
     os.environ.setdefault("YOLO_VERBOSE", "false")
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
         return int(args.func(args) or 0)
     except VqpError as e:
         print(f"vqp: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        print(f"vqp: error: this command needs {root}: pip install 'vqp[{EXTRAS[root]}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vqp: interrupted", file=sys.stderr)
