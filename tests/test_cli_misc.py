@@ -50,3 +50,12 @@ def test_ctrl_c_while_importing(bus_path, tmp_path):
     assert p.returncode == 130, err
     assert err.strip().splitlines()[-1] == "vqp: interrupted" and "Traceback" not in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_missing_extra_names_it(monkeypatch, capsys):
+    """A command whose optional dependency is not installed says which extra brings it."""
+    from vqp.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ModuleNotFoundError
+    assert main(["serve", "--model", "opencv"]) == 2
+    assert capsys.readouterr().err.strip() == "vqp: error: this command needs uvicorn: pip install 'vqp[serve]'"
