@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
 
     path = CONFIGS / "quick.yaml" if args.quick else CONFIGS / "full.yaml" if args.full else Path(args.config)
     try:
+        from . import service
+
+        if service.is_load_config(path):  # `kind: service`: a load test of `vqp serve`, not a codec run
+            return service.run_config(path, args.out)
         cfg = harness.load_config(path, args.out)
         runner = harness.Runner(cfg, progress=not args.no_progress)
         records = runner.run()

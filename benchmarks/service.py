@@ -1,6 +1,8 @@
-"""Load generator for ``vqp serve``: requests/s and p50/p99 latency, with and without micro-batching.
+"""Load generator for ``vqp serve``: requests/s and p50/p99 latency, with and without micro-batching,
+and the admission-control load test (issue 11).
 
     python -m benchmarks.service --endpoint detect jpeg --concurrency 1 8 32 --max-batch 1 8
+    python -m benchmarks benchmarks/configs/service_load.yaml      # a declared load test (run_config)
 
 Starts one server per --max-batch value (max batch 1 = no micro-batching) and, for each endpoint
 and concurrency, runs the servers back to back on the same requests: 640x480 JPEG crops of the
@@ -21,11 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import numpy as np
+import yaml
 from PIL import Image
+
+from vqp.errors import VqpError
 
 from .datasets import kodak
 
@@ -47,17 +53,20 @@ def images(n: int = 24) -> list[bytes]:
 
 
 class Server:
-    def __init__(self, max_batch: int, max_wait_ms: float, jobs: Path, log: Path):
+    """One ``vqp serve`` on a free loopback port, with the given flags."""
+
+    def __init__(self, flags: list[str], jobs: Path, log: Path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "true", "YOLO_VERBOSE": "false"}
         self.proc = subprocess.Popen([sys.executable, "-m", "vqp", "serve", "--port", str(self.port),
-                                      "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-                                      "--queue-size", "256", "--jobs-dir", str(jobs)],
+                                      "--jobs-dir", str(jobs), *flags],
                                      env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
         for _ in range(600):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log}")
             try:
                 if httpx.get(self.url + "/readyz").status_code == 200:
                     return
@@ -73,6 +82,11 @@ class Server:
                 m = re.search(rf"^{name}_{part} (\S+)$", text, re.M)
                 out[f"{name}_{part}"] = float(m.group(1)) if m else 0.0
         return out
+
+    def counters(self, name: str) -> dict[str, float]:
+        """Samples of one counter by label set."""
+        text = httpx.get(self.url + "/metrics").text
+        return {labels: float(v) for labels, v in re.findall(rf"^{name}({{[^}}]*}})? (\S+)$", text, re.M)}
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -133,6 +147,105 @@ def scaling(bodies: list[bytes], sizes=(1, 2, 4, 8, 16, 32), frames: int = 32) -
     return rows
 
 
+async def burst(url: str, endpoint: str, body: bytes, clients: int, rounds: int, params: dict,
+                honour_retry_after: bool) -> dict:
+    """``clients`` concurrent clients, each sending ``rounds`` requests one after another (after a 503,
+    waiting its Retry-After first when ``honour_retry_after``). Counts answers by status and times them;
+    a request without an answer (connection error, client timeout) counts as lost."""
+    codes: Counter = Counter()
+    lat: dict[int, list[float]] = {}
+    retry_after: list[int] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
+        async def one_client():
+            for _ in range(rounds):
+                t = time.perf_counter()
+                try:
+                    r = await client.post(f"/v1/{endpoint}", content=body, params=params,
+                                          headers={"Content-Type": "image/jpeg"})
+                except httpx.HTTPError:
+                    codes["lost"] += 1
+                    continue
+                lat.setdefault(r.status_code, []).append(time.perf_counter() - t)
+                codes[r.status_code] += 1
+                if r.status_code == 503:
+                    retry_after.append(int(r.headers.get("retry-after", "0")))
+                    if honour_retry_after:
+                        await asyncio.sleep(retry_after[-1])
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        wall = time.perf_counter() - start
+
+    def pct(status, q):
+        return round(1000 * float(np.percentile(lat[status], q)), 1) if lat.get(status) else None
+
+    return {"endpoint": endpoint, "clients": clients, "rounds": rounds, "params": params, "seconds": round(wall, 1),
+            "ok": codes[200], "busy": codes[503], "timeout": codes[504], "lost": codes["lost"],
+            "other": sum(n for k, n in codes.items() if k not in (200, 503, 504, "lost")),
+            "ok_p50_ms": pct(200, 50), "ok_p99_ms": pct(200, 99), "ok_max_ms": pct(200, 100),
+            "busy_p50_ms": pct(503, 50), "busy_max_ms": pct(503, 100),
+            "retry_after_s": sorted(set(retry_after))}
+
+
+LOAD_KEYS = {"kind", "name", "out", "image", "server", "runs"}
+
+
+def load_config(path: Path) -> dict:
+    """A load-test declaration (``kind: service``; see benchmarks/configs/service_load.yaml)."""
+    d = yaml.safe_load(path.read_text())
+    unknown = set(d) - LOAD_KEYS
+    if unknown or not d.get("runs"):
+        raise VqpError(f"{path}: needs 'runs'; known keys: {', '.join(sorted(LOAD_KEYS))}")
+    return d
+
+
+def is_load_config(path: Path) -> bool:
+    try:
+        d = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(d, dict) and d.get("kind") == "service"
+
+
+def run_config(path: Path, out: str | Path | None = None) -> int:
+    """Each declared run against a fresh ``vqp serve`` (so one run's load does not leak into the next);
+    writes ``load.json`` and prints a table."""
+    import ultralytics
+
+    d = load_config(Path(path))
+    name = d.get("name", Path(path).stem)
+    out = Path(out or d.get("out") or ROOT / "out" / "bench" / name)
+    out.mkdir(parents=True, exist_ok=True)
+    image = Path(d.get("image", "bus.jpg"))
+    if not image.is_file():
+        image = Path(ultralytics.__file__).parent / "assets" / image
+    body = image.read_bytes()
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in (d.get("server") or {}).items()]
+    rows = []
+    for i, run in enumerate(d["runs"]):
+        s = Server(flags, out / f"jobs{i}", out / f"server{i}.log")
+        try:
+            row = asyncio.run(burst(s.url, run["endpoint"], body, run.get("clients", 64), run.get("rounds", 1),
+                                    run.get("params") or {}, run.get("honour_retry_after", True)))
+            row["server_rejected"] = {k: v for k, v in s.counters("vqp_rejected_total").items() if v}
+            row["server_504"] = sum(s.counters("vqp_deadline_exceeded_total").values())
+        finally:
+            s.stop()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    (out / "load.json").write_text(json.dumps({"config": str(path), "server": flags, "image": str(image),
+                                               "rows": rows}, indent=1))
+    print("\n| endpoint | params | clients x rounds | 200 | 503 | 504 | lost | 200 p50 ms | 200 p99 ms | "
+          "503 max ms | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| /v1/{r['endpoint']} | {'&'.join(f'{k}={v}' for k, v in r['params'].items())} | {r['clients']} x "
+              f"{r['rounds']} | {r['ok']} | {r['busy']} | {r['timeout']} | {r['lost']} | {r['ok_p50_ms']} | "
+              f"{r['ok_p99_ms']} | {r['busy_max_ms']} | {r['seconds']} |")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoint", nargs="+", default=["detect", "jpeg"], choices=["detect", "jpeg"])
@@ -152,7 +265,8 @@ def main(argv=None) -> int:
         return 0
     jpeg_params = dict(kv.split("=", 1) for kv in a.jpeg_params.split("&") if kv)
     tmp = Path(tempfile.mkdtemp(prefix="vqp-bench-"))
-    servers = {b: Server(b, a.max_wait_ms, tmp / f"jobs{b}", tmp / f"server{b}.log") for b in a.max_batch}
+    servers = {b: Server(["--max-batch", str(b), "--max-wait-ms", str(a.max_wait_ms), "--queue-size", "256"],
+                         tmp / f"jobs{b}", tmp / f"server{b}.log") for b in a.max_batch}
     rows = []
     try:
         for ep in a.endpoint:

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -287,7 +286,7 @@ def test_video_job_lifecycle(server, clip, tmp_path):
     assert r.status_code == 422 and "empty" in r.json()["error"]
 
 
-def test_jobs_survive_restart_and_limits(tmp_path, clip, bus_path):
+def test_jobs_survive_restart_and_limits(tmp_path, clip):
     """Jobs left running by a crash resume (or fail with the reason); a killed server loses no job."""
     from vqp.service.jobs import JobStore
 
@@ -317,16 +316,6 @@ def test_jobs_survive_restart_and_limits(tmp_path, clip, bus_path):
         resumed = wait_job(c, ids["resume"])
         assert resumed["state"] == "done" and resumed["attempts"] == 2 and "resumed after a restart" in resumed["note"]
 
-        # a full detection queue answers 503 with Retry-After; every other request succeeds
-        body = jpeg_bytes(Image.new("RGB", (64, 48), (10, 200, 10)))
-        with ThreadPoolExecutor(32) as pool:
-            answers = list(pool.map(lambda _: c.post("/v1/detect", content=body, headers={"Content-Type": "image/jpeg"}),
-                                    range(32)))
-        codes = [r.status_code for r in answers]
-        assert set(codes) == {200, 503}, codes
-        busy = next(r for r in answers if r.status_code == 503)
-        assert busy.headers["retry-after"] == "1" and "queue is full" in busy.json()["error"]
-
         # kill -9 in the middle of a job: the next server runs it again
         long_clip = make_clip(tmp_path / "long.mp4", 40).read_bytes()
         job_id = c.post("/v1/jobs", params={"detect_every": 1}, content=long_clip,
@@ -336,7 +325,7 @@ def test_jobs_survive_restart_and_limits(tmp_path, clip, bus_path):
         assert r.status_code == 503 and r.headers["retry-after"] == "10" and "jobs are queued or running" in r.text
     finally:
         s.stop(kill=True)
-    s = Server(tmp_path, *flags, "--timeout", "0.05")
+    s = Server(tmp_path, *flags)
     try:
         c = s.client
         job = wait_job(c, job_id)
@@ -353,10 +342,6 @@ def test_jobs_survive_restart_and_limits(tmp_path, clip, bus_path):
         while (jobs / job_id).exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not (jobs / job_id).exists()
-
-        # an image request over the time limit answers 504 (jobs have no such limit)
-        r = c.post("/v1/jpeg", content=bus_path.read_bytes(), headers={"Content-Type": "image/jpeg"})
-        assert r.status_code == 504 and "longer than 0.05 s" in r.json()["error"]
         assert c.get("/readyz").status_code == 200
     finally:
         s.stop()

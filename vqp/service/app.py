@@ -1,7 +1,9 @@
 """FastAPI app factory: a thin HTTP layer over vqp's library calls.
 
-One process loads the detector once; image requests are decoded and encoded on a thread pool
-while their detection goes through the micro-batcher. Video jobs are persistent (jobs.py).
+One process loads the detector once; image requests are decoded and encoded on the threads of
+their stages while their detection goes through the micro-batcher. Every stage bounds the work it
+accepts (admission.py): a request is refused at once with 503 and Retry-After, or it finishes; 504
+answers only a deadline the client set. Video jobs are persistent (jobs.py).
 Every error, including 404s, validation failures and limits, is answered as JSON
 ``{"error": message, "status": code}``.
 """
@@ -14,12 +16,12 @@ import json
 import logging
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +37,8 @@ from ..errors import VqpError
 from ..imageio import Picture, load_image
 from ..jpeg import save_jpeg
 from ..types import Detections
-from .batcher import Batcher, QueueFull, SharedDetector, keep_classes
+from .admission import Busy, Stage, Ticket
+from .batcher import Batcher, SharedDetector, keep_classes
 from .jobs import JobRunner, JobStore, safe_name, safe_suffix
 from .metrics import Metrics
 from .settings import Settings
@@ -108,17 +111,30 @@ class Service:
     batcher: Batcher
     store: JobStore
     runner: JobRunner
-    pool: ThreadPoolExecutor
+    stages: dict[str, Stage]  # "decode" (both image routes) and "jpeg" (the encode and its search)
 
-    async def run(self, fn, *args, **kw):
-        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))
-
-    async def detect(self, rgb, ids) -> Detections:
+    @asynccontextmanager
+    async def admit(self, stages: tuple[str, ...], timeout: float | None):
+        """Places in ``stages`` and the detection queue, reserved before any work; Busy (503) at once
+        when one is full or the request could not start within its deadline (the client's
+        ``timeout``, else the server's ``timeout_s``). Places not used are given back at the end."""
+        wait = sum(self.stages[n].expected_wait() for n in stages) + self.batcher.expected_wait()
+        limit = timeout or self.settings.timeout_s
+        if wait > limit:
+            raise Busy(f"the request would wait about {wait:.0f} s to start, longer than its deadline of {limit:g} s; "
+                       "retry later", wait - limit, "deadline")
+        tickets: dict[str, Ticket] = {}
         try:
-            future = self.batcher.submit(rgb)
-        except QueueFull as e:
-            raise HTTPException(503, f"{e}; retry shortly", {"Retry-After": "1"}) from None
-        return keep_classes(await asyncio.wrap_future(future), ids)
+            for n in stages:
+                tickets[n] = self.stages[n].admit()
+            tickets["detect"] = self.batcher.reserve()
+            yield tickets
+        finally:
+            for t in tickets.values():
+                t.close()
+
+    async def detect(self, rgb, ids, place: Ticket) -> Detections:
+        return keep_classes(await asyncio.wrap_future(self.batcher.submit(rgb, place)), ids)
 
     def classes(self, classes: str | None) -> list[int] | None:
         return class_ids(self.detector.names, [c for c in classes.split(",") if c]) if classes else None
@@ -219,6 +235,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     async def lifespan(app: FastAPI):
         det = detector or load_detector(settings.model, conf=settings.conf, imgsz=settings.imgsz,
                                         device=settings.device, batch=settings.max_batch)
+        det([np.zeros((64, 64, 3), np.uint8)])  # the model's first call is slow: not on a client's time
         batcher = Batcher(det, max_batch=settings.max_batch, max_wait=settings.max_wait_ms / 1000,
                           queue_size=settings.queue_size, metrics=metrics).start()
         store = JobStore(settings.jobs_dir, settings.max_attempts)
@@ -226,14 +243,18 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
             log.warning("vqp: job %s: %s", job.id, job.error or job.note)
         metrics.watch_jobs(store.counts)
         runner = JobRunner(store, video_encoder(batcher), settings.job_workers).start()
-        pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="vqp-encode")
-        app.state.svc = Service(settings, metrics, det, batcher, store, runner, pool)
+        stages = {"decode": Stage("decode", settings.encode_workers, settings.queue_size),
+                  "jpeg": Stage("jpeg", settings.encode_workers, settings.jpeg_queue)}
+        for name, stage in stages.items():
+            metrics.admitted.labels(name).set_function(lambda stage=stage: stage.admitted)
+        app.state.svc = Service(settings, metrics, det, batcher, store, runner, stages)
         try:
             yield
         finally:
             runner.stop()
             batcher.stop()
-            pool.shutdown(wait=False, cancel_futures=True)
+            for stage in stages.values():
+                stage.shutdown()
 
     app = FastAPI(title="vqp", version=__version__, lifespan=lifespan,
                   description="Detector-driven encoder preprocessing: objects keep their bits.")
@@ -252,6 +273,11 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     async def bad_input(request, exc: VqpError):
         return error(422, str(exc))
 
+    @app.exception_handler(Busy)
+    async def busy(request, exc: Busy):
+        metrics.rejected.labels(exc.reason).inc()
+        return error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
     @app.exception_handler(Exception)
     async def crash(request, exc: Exception):
         log.error("unhandled error on %s", request.url.path, exc_info=exc)
@@ -260,27 +286,34 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     def svc(request: Request) -> Service:
         return request.app.state.svc
 
-    async def timed(request: Request, work):
+    async def within(request: Request, timeout: float | None, work):
+        """Await ``work``; past the client's ``timeout`` answer 504 (the work's places are given back
+        when the work it started ends)."""
+        if timeout is None:
+            return await work
         try:
-            async with asyncio.timeout(settings.timeout_s):
+            async with asyncio.timeout(timeout):
                 return await work
         except TimeoutError:
-            svc(request).metrics.rejected.labels("timeout").inc()
-            raise HTTPException(504, f"request took longer than {settings.timeout_s:g} s") from None
+            svc(request).metrics.deadline.labels(request.url.path).inc()
+            raise HTTPException(504, f"request took longer than the client's timeout of {timeout:g} s") from None
 
-    async def image_in(request: Request, s: Service) -> tuple[Picture, dict]:
+    async def image_in(request: Request, s: Service, tickets: dict) -> tuple[Picture, dict]:
         data, _ = await read_upload(request, "image")
         if isinstance(data, UploadFile):
             data = await data.read()
         t = time.perf_counter()
-        pic = await s.run(s.decode, data)
+        pic = await s.stages["decode"].run(tickets["decode"], s.decode, data)
         return pic, {"decode": time.perf_counter() - t}
 
-    async def detect_one(s: Service, pic: Picture, ids, times: dict) -> Detections:
+    async def detect_one(s: Service, pic: Picture, ids, times: dict, tickets: dict) -> Detections:
         t = time.perf_counter()
-        dets = await s.detect(pic.rgb, ids)
+        dets = await s.detect(pic.rgb, ids, tickets["detect"])
         times["detect"] = time.perf_counter() - t
         return dets
+
+    TIMEOUT = Query(None, gt=0, le=3600, description="seconds the client waits at most: a request that cannot start "
+                    "within them is refused at once (503), one that takes longer is answered 504")
 
     def server_timing(s: Service, times: dict) -> str:
         for k, v in times.items():
@@ -296,23 +329,25 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
                                                      description="no larger than plain JPEG at this quality (default 75)"),
                    target_size: int | None = Query(None, ge=1, description="no larger than this many bytes"),
                    classes: str | None = Query(None, description="comma-separated class names or ids to keep"),
-                   encoder: Literal["pillow", "jpegli"] = "pillow"):
+                   encoder: Literal["pillow", "jpegli"] = "pillow", timeout: float | None = TIMEOUT):
         """Encode an image as object-aware JPEG, like ``vqp image``."""
         if sum(v is not None for v in (quality, match_quality, target_size)) > 1:
             raise VqpError("give only one of quality, match_quality and target_size")
         s = svc(request)
         ids = s.classes(classes)
 
-        async def work():
-            pic, times = await image_in(request, s)
-            dets = await detect_one(s, pic, ids, times)
+        async def work(tickets):
+            pic, times = await image_in(request, s, tickets)
+            dets = await detect_one(s, pic, ids, times, tickets)
             t = time.perf_counter()
-            r = await s.run(save_jpeg, pic, quality=quality, match_quality=match_quality, target_size=target_size,
-                            encoder=encoder, detections=dets, device=settings.device)
+            r = await s.stages["jpeg"].run(tickets["jpeg"], save_jpeg, pic, quality=quality,
+                                           match_quality=match_quality, target_size=target_size, encoder=encoder,
+                                           detections=dets, device=settings.device)
             times["encode"] = time.perf_counter() - t
             return r, times
 
-        r, times = await timed(request, work())
+        async with s.admit(("decode", "jpeg"), timeout) as tickets:
+            r, times = await within(request, timeout, work(tickets))
         sm = r.summary()
         boxes = sorted(sm["detections"], key=lambda b: -b["conf"])[:HEADER_BOXES]
         headers = {"X-Vqp-Quality": str(r.quality), "X-Vqp-Bytes": str(r.size),
@@ -326,16 +361,18 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
 
     @app.post("/v1/detect", openapi_extra=_body_doc("image"))
     async def detect(request: Request,
-                     classes: str | None = Query(None, description="comma-separated class names or ids to keep")):
+                     classes: str | None = Query(None, description="comma-separated class names or ids to keep"),
+                     timeout: float | None = TIMEOUT):
         """Detector boxes of an image, as JSON."""
         s = svc(request)
         ids = s.classes(classes)
 
-        async def work():
-            pic, times = await image_in(request, s)
-            return await detect_one(s, pic, ids, times), times
+        async def work(tickets):
+            pic, times = await image_in(request, s, tickets)
+            return await detect_one(s, pic, ids, times, tickets), times
 
-        dets, times = await timed(request, work())
+        async with s.admit(("decode",), timeout) as tickets:
+            dets, times = await within(request, timeout, work(tickets))
         return JSONResponse({"model": s.detector.source, **dets.to_dict()},
                             headers={"Server-Timing": server_timing(s, times)})
 
@@ -355,7 +392,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
                 part, name = await read_upload(request, "video")
                 dst = folder / f"input{safe_suffix(safe_name(name))}"
                 with open(dst, "wb") as f:
-                    await s.run(shutil.copyfileobj, part.file, f)
+                    await asyncio.to_thread(shutil.copyfileobj, part.file, f)
             elif ctype.startswith("video/") or ctype == "application/octet-stream":
                 name = request.query_params.get("filename")
                 dst = folder / f"input{safe_suffix(safe_name(name))}"

@@ -2,8 +2,10 @@
 
 Requests put frames on a bounded queue; a single thread takes the first waiting frame, collects
 more for up to ``max_wait`` seconds or until ``max_batch`` frames, and runs the detector once on
-all of them. One thread owns the model, so it needs no locking, and a full queue is refused at
-once (the service answers 503) instead of letting latency grow without bound.
+all of them. One thread owns the model, so it needs no locking. The queue holds at most
+``queue_size`` frames: an image request reserves its place when it arrives (``reserve``, refused at
+once with Busy when none is left, so the service answers 503 before doing any work), video jobs wait
+for one. A place is given back when the batcher takes the frame.
 """
 from __future__ import annotations
 
@@ -19,13 +21,10 @@ import numpy as np
 
 from ..detect import Detector, class_ids
 from ..types import Detections
+from .admission import Busy, Mean, Ticket
 from .metrics import Metrics
 
 log = logging.getLogger("vqp.service")
-
-
-class QueueFull(Exception):
-    """The detection queue is at its bound; the caller should retry later."""
 
 
 @dataclass
@@ -33,37 +32,60 @@ class _Item:
     rgb: np.ndarray
     future: Future
     queued: float
+    place: Ticket
 
 
 class Batcher:
     def __init__(self, detector: Detector, *, max_batch: int = 8, max_wait: float = 0.005,
                  queue_size: int = 64, metrics: Metrics | None = None):
         self.detector, self.max_batch, self.max_wait = detector, max_batch, max_wait
+        self.queue_size = queue_size
         self.metrics = metrics or Metrics()
-        self._q: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
+        self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()  # bounded by the places
+        self._places = threading.BoundedSemaphore(queue_size)
+        self._used = 0  # places reserved or queued (for the gauge and the wait estimate)
+        self._lock = threading.Lock()
+        self.per_frame = Mean()  # detector seconds per frame
         self._thread = threading.Thread(target=self._run, name="vqp-batcher", daemon=True)
-        self.metrics.queue_depth.set_function(self._q.qsize)
+        self.metrics.queue_depth.set_function(lambda: self._used)
 
     def start(self) -> "Batcher":
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._q.put(None)  # blocks only while full; the thread drains it
+        self._q.put(None)
         self._thread.join()
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, rgb: np.ndarray, *, block: bool = False) -> Future:
-        """Queue one HxWx3 uint8 frame; the future yields its Detections. Raises QueueFull when not blocking."""
-        item = _Item(rgb, Future(), time.perf_counter())
-        try:
-            self._q.put(item, block=block)
-        except queue.Full:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise QueueFull(f"detection queue is full ({self._q.maxsize} frames waiting)") from None
+    def expected_wait(self) -> float:
+        """Seconds until one more frame would be detected, from the detector's mean time per frame."""
+        return (self._used + 1) * (self.per_frame.value or 0.0)
+
+    def reserve(self, block: bool = False) -> Ticket:
+        """A place in the queue; Busy when none is left and not blocking."""
+        if not self._places.acquire(blocking=block):
+            raise Busy(f"detection queue is full ({self.queue_size} frames waiting); retry shortly",
+                       self.expected_wait(), "queue_full")
+        with self._lock:
+            self._used += 1
+        return Ticket(self._give_back)
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self._used -= 1
+        self._places.release()
+
+    def submit(self, rgb: np.ndarray, place: Ticket | None = None) -> Future:
+        """Queue one HxWx3 uint8 frame in a reserved place (without one: wait for a place); the
+        future yields its Detections."""
+        place = place or self.reserve(block=True)
+        place.start()
+        item = _Item(rgb, Future(), time.perf_counter(), place)
+        self._q.put(item)
         return item.future
 
     def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
@@ -85,6 +107,8 @@ class Batcher:
             if first is None:
                 break
             batch, stop = self._collect(first)
+            for it in batch:
+                it.place.finish()
             batch = [it for it in batch if it.future.set_running_or_notify_cancel()]  # drop timed-out requests
             if not batch:
                 continue
@@ -98,8 +122,10 @@ class Batcher:
                 for it in batch:
                     it.future.set_exception(e)
                 continue
+            seconds = time.perf_counter() - start
             self.metrics.batch_size.observe(len(batch))
-            self.metrics.batch_seconds.observe(time.perf_counter() - start)
+            self.metrics.batch_seconds.observe(seconds)
+            self.per_frame.add(seconds / len(batch))
             for it, d in zip(batch, dets):
                 it.future.set_result(d)
 
@@ -125,5 +151,5 @@ class SharedDetector:
         self.ids = class_ids(self.names, classes)
 
     def __call__(self, frames) -> list[Detections]:
-        futures = [self.batcher.submit(f, block=True) for f in frames]
+        futures = [self.batcher.submit(f) for f in frames]
         return [keep_classes(f.result(), self.ids) for f in futures]

@@ -19,8 +19,13 @@ class Metrics:
         self.batch_seconds = Histogram("vqp_detect_batch_seconds", "Detector call duration", buckets=LATENCY, registry=r)
         self.queue_wait = Histogram("vqp_detect_queue_wait_seconds", "Time a frame waits for its batch", buckets=LATENCY,
                                     registry=r)
-        self.queue_depth = Gauge("vqp_detect_queue_depth", "Frames waiting for the detector", registry=r)
+        self.queue_depth = Gauge("vqp_detect_queue_depth", "Places in the detection queue taken (reserved or queued)",
+                                 registry=r)
+        self.admitted = Gauge("vqp_stage_admitted", "Requests holding a place in a CPU stage (waiting or running)",
+                              ["stage"], registry=r)
         self.rejected = Counter("vqp_rejected", "Requests refused before work started", ["reason"], registry=r)
+        self.deadline = Counter("vqp_deadline_exceeded", "Requests answered 504: the client's deadline passed",
+                                ["route"], registry=r)
 
     def watch_jobs(self, counts) -> None:
         """Export job counts by state; ``counts()`` returns {state: n} (read at scrape time)."""

@@ -21,12 +21,14 @@ class Settings:
     imgsz: int = 640
     max_batch: int = 8                  # detector batch limit; 1 turns micro-batching off
     max_wait_ms: float = 5.0            # how long a batch may wait for more requests
-    queue_size: int = 64                # detection requests waiting; beyond it 503 + Retry-After
+    queue_size: int = 64                # image requests waiting to be decoded, and frames waiting for the
+                                        # detector; beyond it 503 + Retry-After
+    jpeg_queue: int = 8                 # JPEG encodes (quality searches) waiting for a worker; beyond it 503
     max_image_bytes: int = 32 * MIB     # request body limit on image routes (413)
     max_video_bytes: int = 1024 * MIB   # request body limit on job uploads (413)
     max_pixels: int = 50_000_000        # decoded image limit (413)
-    timeout_s: float = 60.0             # per image request (504)
-    encode_workers: int = max(1, os.cpu_count() or 1)
+    timeout_s: float = 60.0             # an image request expected to wait longer to start is refused (503)
+    encode_workers: int = max(1, os.cpu_count() or 1)  # threads decoding, and threads encoding JPEG
     jobs_dir: Path = Path("vqp-jobs")   # SQLite database and job files
     max_jobs: int = 16                  # queued plus running jobs; beyond it 503 + Retry-After
     job_workers: int = 1                # video jobs encoded at the same time
@@ -34,6 +36,8 @@ class Settings:
 
     def __post_init__(self):
         self.jobs_dir = Path(self.jobs_dir)
+        if self.jpeg_queue < 0:
+            raise VqpError(f"jpeg_queue must be at least 0, got {self.jpeg_queue}")
         for f in ("max_batch", "queue_size", "max_image_bytes", "max_video_bytes", "max_pixels",
                   "encode_workers", "max_jobs", "job_workers", "max_attempts", "imgsz"):
             if getattr(self, f) < 1:
