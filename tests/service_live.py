@@ -66,3 +66,13 @@ class Gated:
             self.entered.set()
             self.open.wait()
         return self.detector(frames)
+
+
+def wait_job(client: httpx.Client, job_id: str, states=("done", "failed")) -> dict:
+    """Poll a job until it reaches one of ``states`` (the cap only ends a hung test)."""
+    for _ in range(20000):
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} still {job['state']}")

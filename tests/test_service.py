@@ -179,6 +179,9 @@ def test_bad_input(server, bus_path):
 
 def test_health_metrics_openapi(server):
     c = server.client
+    # one start-up line without -v: where, which model, which device
+    (line,) = [ln for ln in server.log.read_text().splitlines() if ln.startswith("vqp: serving on")]
+    assert line.startswith(f"vqp: serving on {server.url} (model ") and "yolo11n_coco_dq.pt, device cpu" in line
     assert c.get("/healthz").json() == {"status": "ok"}
     assert c.get("/readyz").json()["status"] == "ready"
     text = c.get("/metrics").text

@@ -2,20 +2,11 @@
 from __future__ import annotations
 
 import json
-import re
 
 from ..errors import VqpError
 from ..roi import ROI_CONF
-from ..video.options import VideoOptions
+from ..video.options import VideoOptions, bitrate
 from . import add_detector_args, detector_from_args, take_stdout
-
-
-def bitrate(text: str) -> int:
-    """'800k', '2.5M' or plain bits per second."""
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmM]?)\s*", text)
-    if not m:
-        raise ValueError(text)
-    return int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()])
 
 
 def codec_option(text: str) -> tuple[str, str]:

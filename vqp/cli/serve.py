@@ -1,13 +1,21 @@
 """``vqp serve``: the HTTP service (FastAPI on uvicorn); flags override ``VQP_*`` environment settings."""
 from __future__ import annotations
 
+import socket
+import sys
+
+from ..errors import VqpError
 from . import add_detector_args
+
+SETTINGS = ("model", "device", "conf", "imgsz", "max_batch", "max_wait_ms", "queue_size", "jpeg_queue",
+            "max_image_bytes", "max_video_bytes", "max_pixels", "timeout_s", "encode_workers", "jobs_dir", "max_jobs",
+            "job_workers")
 
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the HTTP service (image and detect endpoints, video jobs)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     g = p.add_argument_group("service (defaults from VQP_* environment variables, see vqp/service/settings.py)")
     g.add_argument("--max-batch", type=int, help="detector batch limit; 1 turns micro-batching off (default 8)")
     g.add_argument("--max-wait-ms", type=float, help="how long a batch waits for more requests (default 5)")
@@ -20,7 +28,7 @@ def register(sub) -> None:
     g.add_argument("--timeout", dest="timeout_s", type=float,
                    help="an image request expected to wait longer than this many seconds to start is refused at "
                         "once with 503 (default 60; a client sets its own deadline with ?timeout=, answered 504)")
-    g.add_argument("--encode-workers", type=int, help="threads decoding and encoding images (default: CPU count)")
+    g.add_argument("--encode-workers", type=int, help="threads decoding, and threads encoding JPEG (default: CPU count)")
     g.add_argument("--jobs-dir", help="folder of the job database and files (default ./vqp-jobs)")
     g.add_argument("--max-jobs", type=int, help="queued plus running jobs before 503 (default 16)")
     g.add_argument("--job-workers", type=int, help="video jobs encoded at the same time (default 1)")
@@ -28,20 +36,46 @@ def register(sub) -> None:
     p.set_defaults(func=run, conf=None, imgsz=None)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a bad address or a taken port is a one-line error."""
+    if not 0 <= port <= 65535:
+        raise VqpError(f"--port must be between 0 and 65535, got {port}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        raise VqpError(f"cannot listen on {host} port {port}: {e.strerror or e}") from None
+    return sock
+
+
 def run(args) -> int:
     import uvicorn
 
     from ..detect import load_detector
     from ..service import Settings, create_app
+    from ..service.app import refuse_fallback
     from ..service.jobs import JobStore
 
-    keys = ("model", "device", "conf", "imgsz", "max_batch", "max_wait_ms", "queue_size", "jpeg_queue", "max_image_bytes",
-            "max_video_bytes", "max_pixels", "timeout_s", "encode_workers", "jobs_dir", "max_jobs", "job_workers")
-    settings = Settings.from_env(**{k: getattr(args, k) for k in keys})
-    # load the model and open the job store here, so a bad --model or --jobs-dir is a one-line error
+    settings = Settings.from_env(**{k: getattr(args, k) for k in SETTINGS})
+    sock = listen(args.host, args.port)
+    # open the job store and load the model here, so a bad --jobs-dir or --model is a one-line error
+    JobStore(settings.jobs_dir).db.close()
+    refuse_fallback(settings)
     detector = load_detector(settings.model, classes=args.classes, conf=settings.conf, imgsz=settings.imgsz,
                              device=settings.device, batch=settings.max_batch)  # --classes: for every request
-    JobStore(settings.jobs_dir).db.close()
-    uvicorn.run(create_app(settings, detector), host=args.host, port=args.port,
-                log_level="info" if args.verbose else "warning")
+    host, port = sock.getsockname()[:2]
+    where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    line = (f"vqp: serving on {where} (model {detector.source}, device {getattr(detector, 'device', 'cpu')}, "
+            f"jobs in {settings.jobs_dir})")
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:  # listening: the one start-up line, whatever the log level
+                print(line, file=sys.stderr, flush=True)
+
+    config = uvicorn.Config(create_app(settings, detector), log_level="info" if args.verbose else "warning")
+    Server(config).run(sockets=[sock])
     return 0

@@ -11,12 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 EWMA = 0.2  # weight of the newest item in a stage's running mean of seconds per item
+NICE = 5     # worker threads' CPU priority below the event loop's
+
+
+def background() -> None:
+    """Lower the calling thread's CPU priority (Linux schedules threads one by one), so that the event
+    loop, which admits and refuses requests, runs first: a refusal is immediate even when the encode
+    and detector threads keep every core busy. Threads they start (torch's) inherit it."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same priority as the loop
+        pass
 
 
 class Busy(Exception):
@@ -79,7 +91,7 @@ class Stage:
         self.admitted = 0  # reserved places not yet given back (waiting or running)
         self.lock = threading.Lock()
         self.mean = Mean()
-        self.pool = ThreadPoolExecutor(slots, thread_name_prefix=f"vqp-{name}")
+        self.pool = ThreadPoolExecutor(slots, thread_name_prefix=f"vqp-{name}", initializer=background)
         self._sem: asyncio.Semaphore | None = None
 
     def expected_wait(self) -> float:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +35,7 @@ from ..detect import Detector, class_ids, load_detector
 from ..errors import VqpError
 from ..imageio import Picture, load_image
 from ..jpeg import save_jpeg
+from ..models import FALLBACK, resolve_model
 from ..types import Detections
 from .admission import Busy, Stage, Ticket
 from .batcher import Batcher, SharedDetector, keep_classes
@@ -121,7 +121,7 @@ class Service:
         wait = sum(self.stages[n].expected_wait() for n in stages) + self.batcher.expected_wait()
         limit = timeout or self.settings.timeout_s
         if wait > limit:
-            raise Busy(f"the request would wait about {wait:.0f} s to start, longer than its deadline of {limit:g} s; "
+            raise Busy(f"the request would wait about {wait:.1f} s to start, longer than its deadline of {limit:g} s; "
                        "retry later", wait - limit, "deadline")
         tickets: dict[str, Ticket] = {}
         try:
@@ -183,6 +183,7 @@ SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
 def video_options(query: dict) -> dict:
     """Job query parameters to scalar VideoOptions fields plus ``classes``, checked by building a VideoOptions."""
     from ..video import VideoOptions, validate
+    from ..video.options import bitrate
 
     kinds = {f.name: next((t for t in f.type.replace(" ", "").split("|") if t in SCALARS), None)
              for f in dataclasses.fields(VideoOptions)}
@@ -197,7 +198,12 @@ def video_options(query: dict) -> dict:
         if kind is None:
             known = sorted([n for n, t in kinds.items() if t] + ["classes"])
             raise VqpError(f"unknown video option {k!r}; known: {', '.join(known)}")
-        if kind == "bool":
+        if k == "bitrate":  # as `vqp encode --bitrate` takes it
+            try:
+                opts[k] = bitrate(v)
+            except ValueError:
+                raise VqpError(f"video option bitrate={v!r} is not a bitrate such as 800k, 2.5M or 800000") from None
+        elif kind == "bool":
             if v.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise VqpError(f"video option {k}={v!r} is not true or false")
             opts[k] = v.lower() in ("1", "true", "yes")
@@ -226,6 +232,13 @@ def video_encoder(batcher: Batcher):
     return encode
 
 
+def refuse_fallback(settings: Settings) -> None:
+    """With ``require_model`` a missing model is a start-up error, not the weight-free OpenCV fallback."""
+    if settings.require_model and (choice := resolve_model(settings.model)).source == FALLBACK:
+        why = "the OpenCV fallback was asked for" if choice.how == "requested" else choice.how
+        raise VqpError(f"a detector model is required (VQP_REQUIRE_MODEL) but {why}")
+
+
 def create_app(settings: Settings | None = None, detector: Detector | None = None) -> FastAPI:
     """Build the app; the detector (loaded once, at startup) and job store live in ``app.state.svc``."""
     settings = settings or Settings.from_env()
@@ -233,11 +246,13 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if detector is None:
+            refuse_fallback(settings)
         det = detector or load_detector(settings.model, conf=settings.conf, imgsz=settings.imgsz,
                                         device=settings.device, batch=settings.max_batch)
-        det([np.zeros((64, 64, 3), np.uint8)])  # the model's first call is slow: not on a client's time
         batcher = Batcher(det, max_batch=settings.max_batch, max_wait=settings.max_wait_ms / 1000,
                           queue_size=settings.queue_size, metrics=metrics).start()
+        await asyncio.to_thread(batcher.ready.wait)
         store = JobStore(settings.jobs_dir, settings.max_attempts)
         for job in store.recover():
             log.warning("vqp: job %s: %s", job.id, job.error or job.note)
@@ -381,6 +396,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         """Upload a video; query parameters are vqp.video.VideoOptions fields. Answers 202 with the job."""
         s = svc(request)
         opts = video_options(dict(request.query_params))
+        s.classes(",".join(opts.get("classes", [])))  # unknown class names: 422 now, not a failed job later
         counts = s.store.counts()
         if counts["queued"] + counts["running"] >= settings.max_jobs:  # refuse before the upload is read
             s.metrics.rejected.labels("jobs_full").inc()
@@ -467,11 +483,14 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
 
     @app.get("/readyz")
     def readyz(request: Request):
-        """Ready when the model is loaded and the batcher and job workers run."""
+        """Ready when the model is loaded and the batcher and job workers run (never on the OpenCV
+        fallback when a model is required)."""
         s = getattr(request.app.state, "svc", None)
-        ok = bool(s and s.batcher.alive and s.runner.alive)
+        fallback = bool(s and settings.require_model and s.detector.source == FALLBACK)
+        ok = bool(s and s.batcher.alive and s.runner.alive and not fallback)
         body = {"status": "ready" if ok else "not ready",
-                **({"model": s.detector.source, "max_batch": settings.max_batch} if s else {})}
+                **({"model": s.detector.source, "max_batch": settings.max_batch} if s else {}),
+                **({"reason": "a model is required but the OpenCV fallback runs"} if fallback else {})}
         return JSONResponse(body, 200 if ok else 503)
 
     @app.get("/metrics", response_class=Response)

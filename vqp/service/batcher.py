@@ -21,7 +21,7 @@ import numpy as np
 
 from ..detect import Detector, class_ids
 from ..types import Detections
-from .admission import Busy, Mean, Ticket
+from .admission import Busy, Mean, Ticket, background
 from .metrics import Metrics
 
 log = logging.getLogger("vqp.service")
@@ -46,6 +46,7 @@ class Batcher:
         self._used = 0  # places reserved or queued (for the gauge and the wait estimate)
         self._lock = threading.Lock()
         self.per_frame = Mean()  # detector seconds per frame
+        self.ready = threading.Event()  # set once the detector is warm
         self._thread = threading.Thread(target=self._run, name="vqp-batcher", daemon=True)
         self.metrics.queue_depth.set_function(lambda: self._used)
 
@@ -62,8 +63,8 @@ class Batcher:
         return self._thread.is_alive()
 
     def expected_wait(self) -> float:
-        """Seconds until one more frame would be detected, from the detector's mean time per frame."""
-        return (self._used + 1) * (self.per_frame.value or 0.0)
+        """Seconds until the detector would reach one more frame: the frames ahead of it at the mean time per frame."""
+        return self._used * (self.per_frame.value or 0.0)
 
     def reserve(self, block: bool = False) -> Ticket:
         """A place in the queue; Busy when none is left and not blocking."""
@@ -100,7 +101,23 @@ class Batcher:
             batch.append(item)
         return batch, False
 
+    def _warm(self) -> None:
+        """Two calls on a blank frame: the model's first call is slow (not on a client's time), the
+        second measures it, so that the first requests' expected wait is known. The detector's input
+        is a fixed size, so one frame costs about the same whatever the image."""
+        frame = np.zeros((480, 640, 3), np.uint8)
+        try:
+            self.detector([frame])
+            start = time.perf_counter()
+            self.detector([frame])
+            self.per_frame.add(time.perf_counter() - start)
+        except Exception:  # requests will fail with the reason; the service still answers
+            log.exception("detector failed on a blank frame")
+        self.ready.set()
+
     def _run(self) -> None:
+        background()
+        self._warm()
         stop = False
         while not stop:
             first = self._q.get()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import sqlite3
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import VqpError
+from .admission import background
 
 log = logging.getLogger("vqp.service")
 
@@ -51,6 +53,17 @@ def safe_name(name: str | None, default: str = "upload") -> str:
     base = re.split(r"[\\/]", name or "")[-1]
     base = re.sub(r"[^\w.\- ]", "_", base).strip(" .")[:120]
     return base or default
+
+
+def public_error(message: str, name: str, folder: Path) -> str:
+    """A job's error as its client may read it: the stored upload named by the client's file name,
+    the job's other files by their own names, and no path of the server's."""
+    forms = sorted({str(folder.resolve()), str(folder.absolute()), str(folder)}, key=len, reverse=True)
+    for form in forms:
+        message = re.sub(re.escape(form + os.sep) + r"input(\.\w+)?\b", lambda _: name, message)
+    for form in forms:
+        message = message.replace(form + os.sep, "").replace(form, "the job folder")
+    return message
 
 
 def safe_suffix(name: str) -> str:
@@ -87,6 +100,15 @@ class Job:
                 "note": self.note, "result": self.result, "created": self.created, "updated": self.updated}
 
 
+def permission_hint(root: Path) -> str:
+    """Why the job folder cannot be written, and the two usual fixes (a Docker volume made by another user)."""
+    owner = next(q.stat().st_uid for q in (root, *root.absolute().parents) if q.exists())
+    uid = os.getuid()
+    return (f"cannot write the job store in {root}: permission denied for user id {uid} (the folder is owned by "
+            f"user id {owner}); make it writable for {uid} (`chown -R {uid} {root}`), run as its owner "
+            f"(`docker run --user {owner} ...`), or choose another --jobs-dir")
+
+
 class JobStore:
     """SQLite (WAL) table of jobs, plus ``root/<id>/`` holding ``input*`` and the output."""
 
@@ -94,12 +116,18 @@ class JobStore:
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise PermissionError(self.root)
             self.db = sqlite3.connect(self.root / "jobs.db", check_same_thread=False, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(SCHEMA)
+        except PermissionError:
+            raise VqpError(permission_hint(self.root)) from None
         except (OSError, sqlite3.Error) as e:
+            if "readonly" in str(e) or "unable to open" in str(e):
+                raise VqpError(permission_hint(self.root)) from None
             raise VqpError(f"cannot open the job store in {self.root}: {e}") from None
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(SCHEMA)
         self.lock = threading.Lock()
         self.max_attempts = max_attempts
 
@@ -232,6 +260,7 @@ class JobRunner:
         self._cancel.add(job_id)
 
     def _loop(self) -> None:
+        background()  # encoder threads too: the event loop keeps answering while jobs run
         while True:
             with self._wake:
                 if self._stopping:
@@ -270,11 +299,12 @@ class JobRunner:
                                   note="interrupted by a shutdown; resumes on the next start")
             return
         except VqpError as e:
-            self.store.update(job.id, state="failed", error=str(e))
+            self.store.update(job.id, state="failed", error=public_error(str(e), job.name, folder))
             return
         except Exception as e:  # a bug must fail the job with a reason, not kill the worker
             log.exception("job %s failed", job.id)
-            self.store.update(job.id, state="failed", error=f"internal error: {type(e).__name__}: {e}")
+            self.store.update(job.id, state="failed",
+                              error=public_error(f"internal error: {type(e).__name__}: {e}", job.name, folder))
             return
         if job.id in self._cancel:  # deleted while its last frames were encoded
             self._cancel.discard(job.id)

@@ -13,6 +13,12 @@ from ..errors import VqpError
 MIB = 1 << 20
 
 
+def flag(raw: str) -> bool:
+    if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no", ""):
+        raise ValueError(raw)
+    return raw.strip().lower() in ("1", "true", "yes")
+
+
 @dataclass
 class Settings:
     model: str | None = None            # detector model (None: vqp's default model resolution)
@@ -33,6 +39,7 @@ class Settings:
     max_jobs: int = 16                  # queued plus running jobs; beyond it 503 + Retry-After
     job_workers: int = 1                # video jobs encoded at the same time
     max_attempts: int = 3               # starts of one job (restarts included) before it fails
+    require_model: bool = False         # no model file is a start-up error, not the OpenCV fallback
 
     def __post_init__(self):
         self.jobs_dir = Path(self.jobs_dir)
@@ -57,7 +64,7 @@ class Settings:
                 continue
             kind = f.type.split("|")[0].strip()
             try:
-                kw[f.name] = {"int": int, "float": float, "Path": Path}.get(kind, str)(raw)
+                kw[f.name] = {"int": int, "float": float, "Path": Path, "bool": flag}.get(kind, str)(raw)
             except ValueError:
                 raise VqpError(f"VQP_{f.name.upper()}={raw!r} is not a valid {kind}") from None
         kw.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,6 +1,7 @@
 """What `vqp encode` can be asked to do, and the checks that turn bad requests into one-line errors."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .. import codecs
@@ -9,6 +10,14 @@ from ..roi import RoiConfig
 from ..track import TrackConfig
 
 DETECT_SIZE = 320  # detector input for video: objects in motion need less detail, and it runs on the encode's time
+
+
+def bitrate(text: str) -> int:
+    """'800k', '2.5M' or plain bits per second: `vqp encode --bitrate` and the service's ``bitrate=``."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmM]?)\s*", text)
+    if not m:
+        raise ValueError(text)
+    return int(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()])
 
 
 @dataclass
