@@ -83,18 +83,18 @@ def test_y4m_filter_never_crashes(data, detector):
     damaged = data.draw(mutated(src, header=True))
     out = io.BytesIO()
     try:
-        st_ = filter_y4m(stdin(damaged), out, VideoOptions(detect_every=2), detector=detector)
+        stats = filter_y4m(stdin(damaged), out, VideoOptions(detect_every=2), detector=detector)
     except VqpError as e:
         assert "\n" not in str(e)
         return
     back = io.BytesIO(out.getvalue())  # a result is a well-formed stream
-    assert st_.frames == len(list(read_frames(back, read_header(back))))
+    assert stats.frames == len(list(read_frames(back, read_header(back))))
 
 
 @FUZZ
 @given(data=st.data())
 def test_y4m_reader_never_crashes(data):
-    """The reader alone, on streams big enough to matter and headers near the limit."""
+    """The reader alone (no detector, so more examples), header and frames damaged."""
     src = data.draw(st.sampled_from(Y4M))
     damaged = data.draw(mutated(src, header=data.draw(st.booleans())))
     s = stdin(damaged)
