@@ -24,7 +24,7 @@ from vqp.y4m import read_frames, read_header, write_frame
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-DETECTING = settings(FUZZ, max_examples=60)  # examples that reach the real detector: fewer
+DETECTING = settings(FUZZ, max_examples=40)  # examples that reach the real detector: fewer
 
 # Header parameters as real streams and damaged ones write them.
 TOKENS = ["W32", "H24", "W0", "H0", "W-32", "W1", "H1", "W15", "H17", "W99999999", "H99999999",
