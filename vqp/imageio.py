@@ -1,12 +1,17 @@
 """Decode stage for still images: any Pillow-readable file to 8-bit RGB plus its metadata.
 
-Every failure becomes a VqpError with one line of text; outputs are written atomically.
+Every failure becomes a VqpError with one line of text that names the user's file; outputs are
+written atomically. vqp enforces its own pixel limit (``VQP_MAX_PIXELS``) from the header before
+any pixel is decoded, so Pillow's DecompressionBombWarning (a lower threshold that only warns) is
+silenced once, process-wide, at import, and logged instead (visible with ``vqp -v``).
 """
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +20,15 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .errors import VqpError
 
+log = logging.getLogger("vqp")
 MAX_PIXELS = int(os.environ.get("VQP_MAX_PIXELS", 128_000_000))
 JPEG_MAX_SIDE = 65_500
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# set once (not toggled per call: catch_warnings is not thread-safe); load_image logs instead
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_STRIP = 512  # rows converted to numpy at a time: the decoded image is never held twice as bytes
 
 
 @dataclass
@@ -28,6 +38,24 @@ class Picture:
     rgb: np.ndarray          # (H, W, 3) uint8
     exif: bytes | None = None
     icc: bytes | None = None
+    comment: bytes | None = None
+    dpi: tuple[int, int] | None = None
+    xmp: bytes | None = None
+
+    def metadata(self) -> dict:
+        """The metadata that is set, as keyword arguments for ``Encoder.encode``."""
+        return {k: v for k in ("exif", "icc", "comment", "dpi", "xmp") if (v := getattr(self, k))}
+
+
+def _array(im: Image.Image) -> np.ndarray:
+    """An RGB Pillow image as a writable numpy array, converted in strips of rows: ``np.asarray``
+    would hold the whole image once more as a bytes object on the way (363 MB for 121 megapixels)."""
+    if im.height <= _STRIP:
+        return np.array(im)
+    out = np.empty((im.height, im.width, 3), np.uint8)
+    for y in range(0, im.height, _STRIP):
+        out[y:y + _STRIP] = np.asarray(im.crop((0, y, im.width, min(y + _STRIP, im.height))))
+    return out
 
 
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
@@ -41,12 +69,12 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")), True
+        return _array(Image.alpha_composite(white, rgba).convert("RGB")), True
     if mode == "CMYK":
-        return np.asarray(im.convert("RGB")), False  # a CMYK profile does not describe RGB pixels
+        return _array(im.convert("RGB")), False  # a CMYK profile does not describe RGB pixels
     if mode in ("1", "L"):
-        return np.asarray(im.convert("RGB")), False
-    return np.asarray(im.convert("RGB")), True
+        return _array(im.convert("RGB")), False
+    return _array(im if mode == "RGB" else im.convert("RGB")), True
 
 
 def _check_size(im: Image.Image, name: str, max_pixels: int) -> None:
@@ -54,24 +82,47 @@ def _check_size(im: Image.Image, name: str, max_pixels: int) -> None:
         raise VqpError(f"{name}: image too large ({im.width}x{im.height} > {max_pixels:,} pixels)")
     if max(im.size) > JPEG_MAX_SIDE:
         raise VqpError(f"{name}: {im.width}x{im.height} exceeds JPEG's {JPEG_MAX_SIDE}-pixel side limit")
+    if Image.MAX_IMAGE_PIXELS and im.width * im.height > Image.MAX_IMAGE_PIXELS:
+        log.info("vqp: %s: %dx%d is over Pillow's decompression-bomb warning threshold (%s pixels) but within "
+                 "vqp's limit (%s, VQP_MAX_PIXELS)", name, im.width, im.height, f"{Image.MAX_IMAGE_PIXELS:,}",
+                 f"{max_pixels:,}")
 
 
-def load_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int = MAX_PIXELS) -> Picture:
-    """Open, check and normalize an image; EXIF orientation is applied and reset to 1."""
-    name = "<bytes>" if isinstance(src, (bytes, bytearray)) else str(getattr(src, "filename", "") or src)
+def _source_name(src) -> str:
+    """How error messages call the input: its path or file name where known."""
+    if isinstance(src, (bytes, bytearray)):
+        return "image data"
+    if isinstance(src, Image.Image):
+        return str(getattr(src, "filename", "") or "image")
+    return str(src)
+
+
+def load_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int = MAX_PIXELS,
+               name: str | None = None, upright: bool = True) -> Picture:
+    """Open, check and normalize an image.
+
+    ``name`` is what error messages call the input (e.g. an upload's file name; by default its
+    path, or "image data" for bytes). With ``upright`` (the default) EXIF orientation is applied
+    and reset to 1; without it the pixels stay as they are (a Pillow ``save`` stand-in does that).
+    A Pillow image passed in is never modified.
+    """
+    name = name or _source_name(src)
     if isinstance(src, Image.Image):
         im = src
         _check_size(im, name, max_pixels)
+        mine = False
     else:
         data = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
         if not isinstance(src, (bytes, bytearray)):
             p = Path(src)
+            if p.is_dir():
+                raise VqpError(f"{name}: is a folder, not an image file")
             if not p.is_file():
                 raise VqpError(f"{name}: no such file")
             if p.stat().st_size == 0:
                 raise VqpError(f"{name}: empty file")
         elif not src:
-            raise VqpError("empty input")
+            raise VqpError(f"{name}: empty")
         try:
             im = Image.open(data)  # reads the header only: the size is known before any pixel is decoded
             _check_size(im, name, max_pixels)
@@ -82,20 +133,36 @@ def load_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int 
             raise VqpError(f"{name}: not an image Pillow can read") from None
         except (OSError, SyntaxError, ValueError) as e:
             raise VqpError(f"{name}: damaged image ({e})") from None
+        mine = True
     icc = im.info.get("icc_profile")
-    try:
-        im = ImageOps.exif_transpose(im)
-    except Exception as e:  # a corrupt EXIF block must not stop the image itself
-        raise VqpError(f"{name}: unreadable EXIF data ({e})") from None
-    exif = im.getexif()
-    exif_bytes = exif.tobytes() if len(exif) else None
+    if upright:
+        try:
+            if im.getexif().get(0x0112, 1) != 1:  # only then: a transpose costs a copy of the image
+                if mine:
+                    ImageOps.exif_transpose(im, in_place=True)
+                else:
+                    im = ImageOps.exif_transpose(im)
+        except Exception as e:  # a corrupt EXIF block must not stop the image itself
+            raise VqpError(f"{name}: unreadable EXIF data ({e})") from None
+        exif = im.getexif()
+        exif_bytes = exif.tobytes() if len(exif) else None
+    else:
+        exif_bytes = None
     rgb, icc_ok = _to_rgb(im)
     if icc and icc_ok:
         try:
             icc_ok = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip() == "RGB"
         except Exception:
             icc_ok = False
-    return Picture(np.ascontiguousarray(rgb), exif_bytes, icc if icc_ok else None)
+    return Picture(rgb, exif_bytes, icc if icc_ok else None)
+
+
+def find_images(folder: Path, skip: Path | None = None) -> list[Path]:
+    """Image files (by extension) under ``folder``, sorted, leaving out anything inside ``skip``
+    (an output folder placed inside the input folder: earlier outputs are not inputs)."""
+    skip = skip.resolve() if skip is not None else None
+    return sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+                  and not (skip and skip in f.resolve().parents))
 
 
 def reserve_temp(dest: str | os.PathLike, suffix: str = ".part") -> str:
