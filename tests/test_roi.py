@@ -1,5 +1,3 @@
-import torch
-
 from vqp.roi import RoiConfig, roi_map, to_grid
 from vqp.types import Box, Detections
 
@@ -36,3 +34,23 @@ def test_macroblock_grid_resamples_to_dct_grid():
     g = to_grid(r, 8)
     assert g.shape == (1, 5, 5)
     assert (g[0, :4, :4] == 1).all() and g[0, 4, 4] == 0
+
+
+def test_parse_priority():
+    import pytest
+
+    from vqp.errors import VqpError
+    from vqp.roi import parse_priority
+
+    assert parse_priority("person=1, car=0.5,") == {"person": 1.0, "car": 0.5}
+    assert parse_priority("") == {}
+    for bad, msg in (("garbage", "CLASS=W"), ("=1", "CLASS=W"), ("car=fast", "CLASS=W"), ("car=2", r"\[0, 1\]"),
+                     ("car=nan", r"\[0, 1\]"), ("car=-0.5", r"\[0, 1\]")):
+        with pytest.raises(VqpError, match=msg):
+            parse_priority(bad)
+
+
+def test_detections_above_keeps_the_frame_size():
+    d = Detections([Box(0, 0, 4, 4, 0.1, 0, "person"), Box(0, 0, 4, 4, 0.25, 0, "person")], 10, 20)
+    hi = d.above(0.25)
+    assert [b.conf for b in hi.boxes] == [0.25] and (hi.height, hi.width) == (10, 20)

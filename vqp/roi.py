@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from .errors import VqpError
 from .types import Detections, RoiMap
 
 
@@ -26,6 +27,25 @@ class RoiConfig:
     conf_full: float = 0.25      # boxes at or above this confidence get full weight
     priority: dict[str, float] = field(default_factory=dict)  # class name -> weight (default 1)
     default_priority: float = 1.0
+
+
+def parse_priority(text: str) -> dict[str, float]:
+    """Class weights written as ``person=1,car=0.5`` (each in [0, 1]), or a one-line error."""
+    out = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        try:
+            w = float(value) if eq and name.strip() else None
+        except ValueError:
+            w = None
+        if w is None:
+            raise VqpError(f"--priority expects CLASS=W,... with W in [0, 1] (e.g. person=1,car=0.5), got {item!r}")
+        if not 0 <= w <= 1:
+            raise VqpError(f"--priority weight for {name.strip()!r} must be in [0, 1], got {value.strip()}")
+        out[name.strip()] = w
+    return out
 
 
 def roi_map(dets: Sequence[Detections], *, block: int = 8, config: RoiConfig = RoiConfig(),

@@ -36,6 +36,10 @@ class Detections:
     def to_dict(self) -> dict:
         return {"height": self.height, "width": self.width, "boxes": [b.to_dict() for b in self.boxes]}
 
+    def above(self, conf: float) -> "Detections":
+        """The boxes at or above ``conf``: what is reported when the detector ran lower, for steering."""
+        return Detections([b for b in self.boxes if b.conf >= conf], self.height, self.width)
+
 
 @dataclass
 class RoiMap:

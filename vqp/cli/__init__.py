@@ -71,16 +71,17 @@ def add_roi_args(p: argparse.ArgumentParser) -> None:
                    help=f"pixels of transition from object to background (default {d.feather:g})")
     g.add_argument("--conf-full", type=float, default=d.conf_full,
                    help=f"boxes at or above this confidence are fully protected (default {d.conf_full:g})")
-    g.add_argument("--priority", type=lambda s: dict((k, float(v)) for k, v in (x.split("=") for x in s.split(",") if x)),
-                   default={}, metavar="CLASS=W,...", help="per-class weight in [0, 1], e.g. person=1,car=0.5")
+    g.add_argument("--priority", default="", metavar="CLASS=W,...",
+                   help="per-class weight in [0, 1], e.g. person=1,car=0.5 (default 1 for every class)")
 
 
 def roi_from_args(args):
-    from ..roi import RoiConfig
+    from ..roi import RoiConfig, parse_priority
 
-    if args.margin < 0 or args.feather < 0 or not 0 < args.conf_full <= 1:
+    if not (args.margin >= 0 and args.feather >= 0 and 0 < args.conf_full <= 1):  # NaN fails too
         raise VqpError("--margin and --feather must be >= 0 and --conf-full in (0, 1]")
-    return RoiConfig(margin=args.margin, feather=args.feather, conf_full=args.conf_full, priority=args.priority)
+    return RoiConfig(margin=args.margin, feather=args.feather, conf_full=args.conf_full,
+                     priority=parse_priority(args.priority))
 
 
 # optional extras (pyproject.toml) and a module each of them brings
