@@ -1,5 +1,7 @@
 """`vqp image` end to end, and every kind of bad input: one-line error, exit 2, nothing half-written."""
+import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -148,3 +150,137 @@ def test_weight_free_fallback_end_to_end(png, tmp_path, capsys):
     plain = tmp_path / "plain.jpg"
     Image.open(png).save(plain, quality=50)
     assert out.stat().st_size <= plain.stat().st_size
+
+
+# -- correctness sweep (issue 10) -----------------------------------------------------------------
+def _noise(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_folder_name_clash_keeps_both(tmp_path, astronaut, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(astronaut).save(src / "a.jpg", quality=90)
+    Image.fromarray(astronaut[:256]).save(src / "a.png")
+    Image.fromarray(astronaut[:128]).save(src / "b.png")
+    assert main(["image", str(src), str(out), "--quality", "50", *MODEL]) == 0
+    sizes = {p.name: Image.open(p).size for p in out.iterdir()}
+    assert sizes == {"a.jpg": (512, 512), "a.png.jpg": (512, 256), "b.jpg": (512, 128)}
+
+
+def test_rerun_into_output_inside_input_skips_earlier_outputs(tmp_path, astronaut, capsys):
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.fromarray(astronaut[::2, ::2]).save(src / "a.png")
+    for _ in range(2):
+        assert main(["image", str(src), str(src / "out"), "--quality", "50", "--json", *MODEL]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [json.loads(x)["input"] for x in lines] == [str(src / "a.png")]
+    assert sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()) == ["a.png", "out/a.jpg"]
+
+
+@pytest.mark.parametrize("name", ["out.png", "out"])
+def test_single_output_must_be_named_jpeg(png, tmp_path, capsys, name):
+    rc, err = _run([str(png), str(tmp_path / name)], capsys)
+    assert rc == 2 and ".jpg" in err and err.count("\n") == 1
+    assert _leftovers(tmp_path, {"astronaut.png"}) == []
+
+
+def test_quality_never_larger_than_plain(tmp_path, capsys):
+    """Noise around a face-sized object: requantizing noise at the gentlest step makes a larger file
+    than plain JPEG at the same quality, so the plain file is written."""
+    from tests.conftest import ultralytics_asset
+
+    a = _noise(480, 640)
+    a[100:400, 200:440] = np.asarray(Image.open(ultralytics_asset("zidane.jpg")).convert("RGB").resize((240, 300)))
+    src = tmp_path / "in.png"
+    Image.fromarray(a).save(src)
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(a).save(plain, quality=90)
+    rc = main(["image", str(src), str(tmp_path / "o.jpg"), "--quality", "90", "--json", "--conf", "0.05", *MODEL])
+    s = json.loads(capsys.readouterr().out)
+    assert rc == 0 and s["detections"] and s["strength"] is None  # objects found, yet the plain file won
+    assert s["bytes"] == s["plain_bytes"] == plain.stat().st_size
+    assert (tmp_path / "o.jpg").stat().st_size <= plain.stat().st_size
+
+
+def test_summary_line_shows_byte_difference(png, tmp_path, capsys):
+    assert main(["image", str(png), str(tmp_path / "o.jpg"), "--match-quality", "60", *MODEL]) == 0
+    line = capsys.readouterr().out
+    m = re.search(r"(\d+) B vs (\d+) B plain at q60 \(([+-]\d+) B, x(\d\.\d{4})\)", line)
+    assert m and int(m[1]) - int(m[2]) == int(m[3]) and abs(int(m[1]) / int(m[2]) - float(m[4])) < 1e-4
+
+
+@pytest.mark.parametrize("opts,msg", [
+    (["--priority", "person=2"], "[0, 1]"),
+    (["--priority", "garbage"], "CLASS=W"),
+    (["--priority", "person=high"], "CLASS=W"),
+    (["--background-weight", "-1"], "--background-weight"),
+    (["--background-weight", "nan"], "--background-weight"),
+    (["--quality", "101"], "--quality must be between 1 and 100"),
+    (["--match-quality", "0"], "--match-quality must be between 1 and 100"),
+    (["--target-size", "0"], "--target-size must be between 1"),
+    (["--margin", "-3"], "--margin"),
+])
+def test_bad_option_values_one_line(tmp_path, astronaut, capsys, opts, msg):
+    src = tmp_path / "in"
+    src.mkdir()
+    for n in ("a", "b"):
+        Image.fromarray(astronaut[::4, ::4]).save(src / f"{n}.png")
+    for args in ([str(src / "a.png"), str(tmp_path / "o.jpg")], [str(src), str(tmp_path / "out")]):
+        rc, err = _run([*args, *opts], capsys)
+        assert rc == 2 and msg in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o.jpg").exists()
+
+
+def test_priority_is_used(png, tmp_path, capsys):
+    """A zero weight for the only class found leaves nothing to protect: the image passes through."""
+    rc = main(["image", str(png), str(tmp_path / "o.jpg"), "--quality", "50", "--priority", "person=0", "--json",
+               "--classes", "person", *MODEL])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["strength"] is None
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_bar_only_on_a_terminal(tmp_path, astronaut, capsys, monkeypatch, tty):
+    src = tmp_path / "in"
+    src.mkdir()
+    for n in ("a", "b"):
+        Image.fromarray(astronaut[::4, ::4]).save(src / f"{n}.png")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    assert main(["image", str(src), str(tmp_path / "out"), "--quality", "50", *MODEL]) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out.splitlines()) == 2  # one line per file, through tqdm.write
+    assert ("img/s" in cap.err or "2/2" in cap.err) == tty
+
+
+def test_folder_error_names_the_file(tmp_path, astronaut, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(astronaut).save(src / "a.png")
+    Image.fromarray(astronaut[::8, ::8]).save(src / "b.png")
+    rc, err = _run([str(src), str(tmp_path / "out"), "--target-size", "2000"], capsys)
+    assert rc == 2 and f"{src / 'a.png'}: cannot fit" in err and "1 of 2 files failed" in err
+    assert (tmp_path / "out" / "b.jpg").exists() and not (tmp_path / "out" / "a.jpg").exists()
+    rc, err = _run([str(src / "a.png"), str(tmp_path / "a.jpg"), "--target-size", "2000"], capsys)
+    assert rc == 2 and err == f"vqp: error: {src / 'a.png'}: cannot fit the image in 2000 bytes; " \
+                             f"the smallest file is {err.split()[-2]} bytes\n"
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # in-process: pytest resets filters
+def test_decompression_bomb_warning_goes_to_the_log(tmp_path, monkeypatch, caplog):
+    """Over Pillow's warning threshold but within vqp's limit: no Pillow warning on stderr, an INFO
+    log line instead (shown with -v)."""
+    src = tmp_path / "big.png"
+    Image.fromarray(_noise(200, 300)).save(src)
+    code = ("import sys; from PIL import Image; Image.MAX_IMAGE_PIXELS = 40_000; from vqp.cli import main; "
+            f"sys.exit(main(['-v', 'detect', {str(src)!r}, '--model', {str(MODELS / 'yolo11n_coco_dq.pt')!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "YOLO_OFFLINE": "true"})
+    assert p.returncode == 0 and json.loads(p.stdout)["width"] == 300
+    assert "DecompressionBombWarning" not in p.stderr and "decompression-bomb warning threshold" in p.stderr
+    from vqp.imageio import load_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)
+    with caplog.at_level("INFO", logger="vqp"):
+        load_image(src)
+    assert [r.levelname for r in caplog.records if "decompression-bomb" in r.message] == ["INFO"]

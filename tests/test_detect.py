@@ -85,3 +85,44 @@ def test_cli_detect_prints_json(bus_path, capsys):
     assert main(["detect", str(bus_path), "--model", str(MODELS / "yolo11n_coco_dq.pt")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["width"] == 810 and any(b["name"] == "bus" for b in out["boxes"])
+
+
+def _cli_json(capsys, argv):
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def test_detect_and_image_report_the_same_boxes(bus_path, tmp_path, capsys):
+    """Weak boxes steer `vqp image` (ROI_CONF) but both commands and the library report >= --conf."""
+    from vqp import save_jpeg
+    from vqp.roi import ROI_CONF
+
+    model = ["--model", str(MODELS / "yolo11n_coco_dq.pt")]
+    steer = load_detector(model[1], conf=ROI_CONF)([load_image(bus_path).rgb])[0]
+    for conf in ([], ["--conf", "0.5"]):
+        threshold = float(conf[1]) if conf else 0.25
+        detected = json.loads(_cli_json(capsys, ["detect", str(bus_path), *model, *conf]))["boxes"]
+        imaged = json.loads(_cli_json(capsys, ["image", str(bus_path), str(tmp_path / "o.jpg"), "--json",
+                                               "--quality", "60", *model, *conf]))["detections"]
+        assert detected == imaged and len(detected) < len(steer)  # the low threshold stays internal
+        assert all(b["conf"] >= threshold for b in detected)
+        lib = save_jpeg(bus_path, quality=60, model=model[1], conf=threshold).summary()["detections"]
+        assert lib == detected
+
+
+def test_cli_detect_folder_one_json_per_image(bus_path, zidane_path, tmp_path, capsys):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "bus.jpg").write_bytes(bus_path.read_bytes())
+    (tmp_path / "sub" / "zidane.jpg").write_bytes(zidane_path.read_bytes())
+    (tmp_path / "broken.png").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("skipped: not an image extension")
+    rc = main(["detect", str(tmp_path), "--model", str(MODELS / "yolo11n_coco_dq.pt")])
+    out, err = capsys.readouterr()
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert rc == 2 and [x["file"] for x in lines] == [str(tmp_path / "bus.jpg"), str(tmp_path / "sub" / "zidane.jpg")]
+    assert any(b["name"] == "bus" for b in lines[0]["boxes"]) and lines[1]["width"] == 1280
+    assert err.splitlines() == [f"vqp: error: {tmp_path / 'broken.png'}: not an image Pillow can read",
+                                "vqp: error: 1 of 3 files failed"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["detect", str(empty)]) == 2 and "no image files found" in capsys.readouterr().err

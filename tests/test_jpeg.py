@@ -1,5 +1,4 @@
 import io
-import sys
 
 import numpy as np
 import pytest
@@ -99,3 +98,44 @@ def test_pillow_plugin_one_line(tmp_path, kodak_pics, detector, monkeypatch):
     plain, ours = (tmp_path / "plain.jpg").read_bytes(), (tmp_path / "vqp.jpg").read_bytes()
     assert len(ours) <= len(plain) and ours != plain
     assert Image.open(tmp_path / "vqp.jpg").format == "JPEG"
+
+
+def test_insert_metadata_like_pillow():
+    """jpegli gets its metadata spliced in; Pillow must read back what its own writer would write."""
+    jpeg = get_encoder("jpegli").encode(np.zeros((8, 8, 3), np.uint8), 50)
+    xmp = b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>"
+    out = Image.open(io.BytesIO(insert_metadata(jpeg, comment="hello", dpi=(72.4, 300), xmp=xmp)))
+    assert out.info["comment"] == b"hello" and out.info["dpi"] == (72, 300) and out.info["xmp"] == xmp
+    with pytest.raises(VqpError, match="EXIF data is too long"):
+        insert_metadata(jpeg, exif=b"Exif\x00\x00" + bytes(70000))
+    with pytest.raises(VqpError, match="EXIF data is too long"):
+        get_encoder("pillow").encode(np.zeros((8, 8, 3), np.uint8), 50, exif=b"Exif\x00\x00" + bytes(70000))
+
+
+def test_errors_name_the_users_file(tmp_path):
+    with pytest.raises(VqpError, match=r"^image data: not an image Pillow can read$"):
+        load_image(b"garbage")
+    with pytest.raises(VqpError, match=r"^holiday\.png: not an image"):
+        load_image(b"garbage", name="holiday.png")
+    src = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(src)
+    with pytest.raises(VqpError, match=rf"^{src}: image too large"):
+        load_image(Image.open(src), max_pixels=100)  # a Pillow image opened from a file: its name
+    with pytest.raises(VqpError, match=r"is a folder"):
+        load_image(tmp_path)
+
+
+def test_upright_false_keeps_pixels_and_leaves_the_image_alone(tmp_path, astronaut):
+    src = tmp_path / "rot.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(astronaut[:, :400]).save(src, exif=exif)
+    im = Image.open(src)
+    assert load_image(im, upright=False).rgb.shape == (512, 400, 3)
+    assert load_image(im).rgb.shape == (400, 512, 3) and im.size == (400, 512)  # the caller's image unchanged
+
+
+def test_background_weight_checked(astronaut):
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(VqpError, match="background_weight must be a number >= 0"):
+            save_jpeg(Picture(astronaut), quality=50, background_weight=bad)

@@ -18,6 +18,9 @@ from .models import FALLBACK, ModelChoice, resolve_model
 from .types import Box, Detections
 
 log = logging.getLogger("vqp")
+# Boxes reported to users (`vqp detect`, `vqp image`, JpegResult.detections): the usual YOLO default.
+# Steering may run the detector lower (vqp.roi.ROI_CONF) and report only the boxes at or above this.
+DETECT_CONF = 0.25
 
 
 def _as_hwc(frame) -> np.ndarray:
@@ -29,6 +32,7 @@ def _as_hwc(frame) -> np.ndarray:
 
 class Detector(Protocol):
     names: dict[int, str]
+    conf: float  # boxes below it are dropped; may be lowered after loading (read on every call)
 
     def __call__(self, frames: Sequence) -> list[Detections]: ...
 
@@ -36,7 +40,7 @@ class Detector(Protocol):
 class YoloDetector:
     """Ultralytics backend: batched, CUDA when available, class and confidence filters."""
 
-    def __init__(self, source: str, *, conf: float = 0.25, imgsz: int = 640,
+    def __init__(self, source: str, *, conf: float = DETECT_CONF, imgsz: int = 640,
                  classes: Iterable[int | str] | None = None, device: str | None = None, batch: int = 8):
         if not (source.endswith(".pt") and "/" not in source and not os.path.exists(source)):
             os.environ.setdefault("YOLO_OFFLINE", "true")  # local file: never reach for the network
@@ -73,7 +77,7 @@ class OpenCVDetector:
 
     names = {0: "person", 1: "face"}
 
-    def __init__(self, *, conf: float = 0.25, classes: Iterable[int | str] | None = None, **_):
+    def __init__(self, *, conf: float = DETECT_CONF, classes: Iterable[int | str] | None = None, **_):
         import cv2
 
         self.cv2 = cv2

@@ -3,85 +3,128 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from ..errors import VqpError
-from ..jpeg import BACKGROUND_WEIGHT
+from ..imageio import find_images
+from ..jpeg import BACKGROUND_WEIGHT, check_options
 from ..roi import ROI_CONF
 from . import add_detector_args, add_roi_args, detector_from_args, roi_from_args
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
+JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("image", help="encode images as object-aware JPEG")
+    p = sub.add_parser("image", help="encode images as object-aware JPEG",
+                       description=f"Encode images as object-aware JPEG. Boxes down to confidence {ROI_CONF} steer "
+                                   "the quantizer (weighted by confidence); --conf only sets which boxes are reported.")
     p.add_argument("input", help="image file or folder")
-    p.add_argument("output", help="output .jpg file, or folder when the input is a folder")
+    p.add_argument("output", help="output .jpg file, or folder when the input is a folder "
+                                  "(a.png -> a.jpg; a.png beside a.jpg -> a.png.jpg)")
     m = p.add_mutually_exclusive_group()
     m.add_argument("--match-quality", type=int, metavar="Q",
-                   help="no larger than plain JPEG at quality Q, best objects (default: 75)")
-    m.add_argument("--quality", type=int, metavar="Q", help="fixed encoder quality Q (smaller than plain at Q)")
+                   help="no larger than plain JPEG at quality Q (1-100), best objects (default: 75)")
+    m.add_argument("--quality", type=int, metavar="Q",
+                   help="fixed encoder quality Q (1-100); never larger than plain JPEG at Q")
     m.add_argument("--target-size", type=int, metavar="BYTES", help="no larger than BYTES, best objects")
     p.add_argument("--encoder", default="pillow", choices=["pillow", "jpegli"], help="JPEG encoder (default pillow)")
     p.add_argument("--background-weight", type=float, default=BACKGROUND_WEIGHT, metavar="W",
-                   help=f"share of background quality in the search, 0 = objects only (default {BACKGROUND_WEIGHT})")
+                   help=f"share of background quality in the search, >= 0; 0 = objects only (default {BACKGROUND_WEIGHT})")
     p.add_argument("--json", action="store_true", help="print one JSON line per file")
     add_roi_args(p)
-    add_detector_args(p, conf=ROI_CONF)
+    add_detector_args(p)
     p.set_defaults(func=run)
+
+
+def _out_names(files: list[Path], src: Path, dst: Path) -> list[Path]:
+    """Output path per input, keeping the folder structure: ``a.png`` -> ``a.jpg``. Inputs that
+    would share an output (``a.jpg`` and ``a.png``) keep their full name (``a.png.jpg``), except
+    the one already named so (``a.jpg``); names are compared ignoring case."""
+    want = [(dst / f.relative_to(src)).with_suffix(".jpg") for f in files]
+    count = Counter(str(p).lower() for p in want)
+    out = [p.with_name(f.name + ".jpg") if count[str(p).lower()] > 1 and f.name.lower() != p.name.lower() else p
+           for f, p in zip(files, want)]
+    clash = [p for p, n in Counter(str(p).lower() for p in out).items() if n > 1]
+    if clash:
+        raise VqpError(f"two inputs would both be written to {clash[0]}; rename one of them")
+    return out
 
 
 def _pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     if src.is_dir():
-        files = sorted(f for f in src.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise VqpError(f"{src}: no image files found")
         if dst.exists() and not dst.is_dir():
             raise VqpError(f"{dst}: exists and is not a folder")
         if dst.resolve() == src.resolve():
             raise VqpError("output folder is the input folder; choose another so no original is overwritten")
-        return [(f, (dst / f.relative_to(src)).with_suffix(".jpg")) for f in files]
+        files = find_images(src, skip=dst)  # an output folder inside the input holds earlier outputs
+        if not files:
+            raise VqpError(f"{src}: no image files found")
+        pairs = list(zip(files, _out_names(files, src, dst)))
+        inputs = {f.resolve() for f in files}
+        for f, o in pairs:
+            if o.resolve() in inputs:
+                raise VqpError(f"{f} would be written over the input {o}; choose another output folder")
+        return pairs
     if not src.exists():
         raise VqpError(f"{src}: no such file or folder")
     if dst.is_dir():
         dst = dst / (src.stem + ".jpg")
     if dst.exists() and dst.resolve() == src.resolve():
         raise VqpError("output is the input file; choose another name so the original is kept")
+    if dst.suffix.lower() not in JPEG_SUFFIXES:
+        raise VqpError(f"{dst}: vqp writes JPEG; name the output .jpg or .jpeg (or give an existing folder)")
     return [(src, dst)]
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VqpError(f"cannot create folder {folder}: {e.strerror}") from None
+
+
+def _line(src: Path, dst: Path, r) -> str:
+    """One human-readable summary line; sizes in bytes, so a difference of a few bytes shows."""
+    n = len(r.detections)
+    how = f"strength {r.params.strength:g}" if r.params else "passed through"
+    size = f"{r.size} B"
+    if r.plain_bytes:
+        size += f" vs {r.plain_bytes} B plain at q{r.reference_quality} ({r.size - r.plain_bytes:+d} B, " \
+                f"x{r.size / r.plain_bytes:.4f})"
+    return f"{src} -> {dst}: {n} detection{'s' * (n != 1)}, quality {r.quality}, {how}, {size}"
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
     from ..jpeg import save_jpeg
+    check_options(args.quality, args.match_quality, args.target_size, args.background_weight, flags=True)
+    roi = roi_from_args(args)
     pairs = _pairs(Path(args.input), Path(args.output))
     det = detector_from_args(args)
-    roi = roi_from_args(args)
+    det.conf = min(det.conf, ROI_CONF)  # weak boxes steer; save_jpeg reports only those >= args.conf
     failed = 0
-    many = len(pairs) > 1
-    bar = tqdm(pairs, unit="img", disable=not many, file=sys.stderr)
+    folder = Path(args.input).is_dir()
+    bar = tqdm(pairs, unit="img", disable=not (len(pairs) > 1 and sys.stderr.isatty()), file=sys.stderr)
     for src, dst in bar:
         try:
-            if many:
-                dst.parent.mkdir(parents=True, exist_ok=True)
+            if folder:
+                _mkdir(dst.parent)
             r = save_jpeg(src, dst, quality=args.quality, match_quality=args.match_quality,
                           target_size=args.target_size, encoder=args.encoder, detector=det, roi=roi,
-                          device=args.device, background_weight=args.background_weight)
+                          device=args.device, background_weight=args.background_weight, conf=args.conf)
         except VqpError as e:
-            if not many:
-                raise
+            msg = str(e) if str(src) in str(e) or str(dst) in str(e) else f"{src}: {e}"  # name the file
+            if not folder:
+                raise VqpError(msg) from None
             failed += 1
-            tqdm.write(f"vqp: error: {e}", file=sys.stderr)
+            tqdm.write(f"vqp: error: {msg}", file=sys.stderr)
             continue
-        s = r.summary()
         if args.json:
-            tqdm.write(json.dumps({"input": str(src), "output": str(dst), **s}))
+            tqdm.write(json.dumps({"input": str(src), "output": str(dst), **r.summary()}))
         else:
-            plain = f"{s['plain_bytes']} B plain" if s["plain_bytes"] else "no plain reference"
-            n = len(r.detections)
-            how = f"strength {r.params.strength:g}" if r.params else "passed through"
-            tqdm.write(f"{src} -> {dst}: {n} detection{'s' * (n != 1)}, quality {r.quality}, {how}, "
-                       f"{r.size} B vs {plain}" + (f" (x{s['ratio']:.3f})" if s["ratio"] else ""))
+            tqdm.write(_line(src, dst, r))
     if failed:
         raise VqpError(f"{failed} of {len(pairs)} files failed")
     return 0
