@@ -9,7 +9,7 @@ from . import add_detector_args
 
 SETTINGS = ("model", "device", "conf", "imgsz", "max_batch", "max_wait_ms", "queue_size", "jpeg_queue",
             "max_image_bytes", "max_video_bytes", "max_pixels", "timeout_s", "encode_workers", "jobs_dir", "max_jobs",
-            "job_workers")
+            "job_workers", "job_ttl", "jobs_quota")
 
 
 def register(sub) -> None:
@@ -32,6 +32,9 @@ def register(sub) -> None:
     g.add_argument("--jobs-dir", help="folder of the job database and files (default ./vqp-jobs)")
     g.add_argument("--max-jobs", type=int, help="queued plus running jobs before 503 (default 16)")
     g.add_argument("--job-workers", type=int, help="video jobs encoded at the same time (default 1)")
+    g.add_argument("--job-ttl", type=float, help="seconds a finished or failed job is kept (default 86400)")
+    g.add_argument("--jobs-quota", type=int, help="bytes the jobs folder may hold before uploads get 507 "
+                   "(default 20 GiB; 0: none)")
     add_detector_args(p)
     p.set_defaults(func=run, conf=None, imgsz=None)
 

@@ -39,7 +39,7 @@ from ..models import FALLBACK, resolve_model
 from ..types import Detections
 from .admission import Busy, Stage, Ticket
 from .batcher import Batcher, SharedDetector, keep_classes
-from .jobs import JobRunner, JobStore, safe_name, safe_suffix
+from .jobs import JobRunner, JobStore, Sweeper, safe_name, safe_suffix
 from .metrics import Metrics
 from .settings import Settings
 
@@ -256,6 +256,9 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         store = JobStore(settings.jobs_dir, settings.max_attempts)
         for job in store.recover():
             log.warning("vqp: job %s: %s", job.id, job.error or job.note)
+        if gone := store.sweep(settings.job_ttl):
+            log.info("vqp: removed %d jobs older than %g s", len(gone), settings.job_ttl)
+        sweeper = Sweeper(store, settings.job_ttl).start()
         metrics.watch_jobs(store.counts)
         runner = JobRunner(store, video_encoder(batcher), settings.job_workers).start()
         stages = {"decode": Stage("decode", settings.encode_workers, settings.queue_size),
@@ -266,6 +269,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         try:
             yield
         finally:
+            sweeper.stop()
             runner.stop()
             batcher.stop()
             for stage in stages.values():
@@ -402,18 +406,25 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
             s.metrics.rejected.labels("jobs_full").inc()
             raise HTTPException(503, f"{settings.max_jobs} jobs are queued or running; retry later", {"Retry-After": "10"})
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        length = request.headers.get("content-length", "")
+        used = await asyncio.to_thread(s.store.usage) if settings.jobs_quota else 0
+        quota(s, used, int(length) if length.isdigit() else 0)  # before the upload is read, when its size is told
         job_id, folder = s.store.new_folder()
         try:
             if ctype == "multipart/form-data":
                 part, name = await read_upload(request, "video")
+                quota(s, used, part.size or 0)
                 dst = folder / f"input{safe_suffix(safe_name(name))}"
                 with open(dst, "wb") as f:
                     await asyncio.to_thread(shutil.copyfileobj, part.file, f)
             elif ctype.startswith("video/") or ctype == "application/octet-stream":
                 name = request.query_params.get("filename")
                 dst = folder / f"input{safe_suffix(safe_name(name))}"
+                written = 0
                 with open(dst, "wb") as f:
                     async for chunk in request.stream():
+                        written += len(chunk)
+                        quota(s, used, written)
                         f.write(chunk)
             else:
                 await read_upload(request, "video")  # raises the 415
@@ -428,6 +439,22 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
             raise
         s.runner.notify()
         return JSONResponse(job.to_dict(), 202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    def quota(s: Service, used: int, incoming: int) -> None:
+        """507 when ``incoming`` more bytes would take the jobs folder over its quota."""
+        if settings.jobs_quota and used + incoming > settings.jobs_quota:
+            s.metrics.rejected.labels("quota").inc()
+            raise HTTPException(507, f"the jobs folder holds {used:,} bytes; {incoming:,} more would exceed its quota "
+                                     f"of {settings.jobs_quota:,} (finished jobs are removed {settings.job_ttl:g} s "
+                                     "after they end, or DELETE them)")
+
+    @app.get("/v1/jobs")
+    def list_jobs(request: Request, limit: int = Query(100, ge=1, le=1000, description="jobs per page"),
+                  offset: int = Query(0, ge=0, description="jobs to skip"),
+                  state: Literal["queued", "running", "done", "failed"] | None = None):
+        """Jobs, newest first, a page at a time; ``total`` counts them all."""
+        jobs, total = svc(request).store.page(limit, offset, state)
+        return {"jobs": [j.to_dict() for j in jobs], "total": total, "limit": limit, "offset": offset}
 
     def get_job(request: Request, job_id: str):
         job = svc(request).store.get(job_id)

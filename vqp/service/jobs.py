@@ -3,7 +3,10 @@
 A job's state lives only in the database and its folder, never only in memory, so a restart
 finds every job again. Jobs that were running when the process died are queued again (the
 encode starts over; outputs are written atomically, so nothing half-written is kept) until
-they have been started ``max_attempts`` times; then they fail with the reason.
+they have been started ``max_attempts`` times; then they fail with the reason. Every attempt
+starts, and every failure ends, with only the input left in the folder (an interrupted attempt's
+partial output, two-pass logs and temporary files go). Finished and failed jobs are removed
+``ttl`` seconds after they ended (Sweeper), and uploads are refused beyond the folder's quota.
 """
 from __future__ import annotations
 
@@ -195,6 +198,45 @@ class JobStore:
     def input_path(self, job_id: str) -> Path | None:
         return next(iter(sorted(self.folder(job_id).glob("input*"))), None)
 
+    def clean(self, job_id: str) -> None:
+        """Remove everything in the job's folder but its input: what an interrupted or failed attempt
+        left (``*.part.*`` outputs, x264's ``*.log`` and ``*.mbtree.temp``, a stale preview)."""
+        keep = self.input_path(job_id)
+        folder = self.folder(job_id)
+        for p in folder.iterdir() if folder.is_dir() else ():
+            if p != keep:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def page(self, limit: int, offset: int = 0, state: str | None = None) -> tuple[list[Job], int]:
+        """Jobs newest first, and how many there are (of ``state`` when given)."""
+        where, args = ("WHERE state=?", (state,)) if state else ("", ())
+        with self.lock:
+            rows = self.db.execute(f"SELECT * FROM jobs {where} ORDER BY created DESC, id LIMIT ? OFFSET ?",
+                                   (*args, limit, offset)).fetchall()
+            (total,) = self.db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()
+        return [Job.from_row(r) for r in rows], total
+
+    def sweep(self, ttl: float, now: float | None = None) -> list[str]:
+        """Remove finished and failed jobs (rows and files) that ended more than ``ttl`` seconds ago."""
+        cutoff = (time.time() if now is None else now) - ttl
+        with self.lock:
+            ids = [r[0] for r in self.db.execute(
+                "SELECT id FROM jobs WHERE state IN ('done', 'failed') AND updated < ?", (cutoff,)).fetchall()]
+        for job_id in ids:
+            self.delete(job_id)
+        return ids
+
+    def usage(self) -> int:
+        """Bytes in the jobs folder (uploads, outputs and the database)."""
+        total = 0
+        for folder, _, files in os.walk(self.root):
+            for f in files:
+                try:
+                    total += os.stat(os.path.join(folder, f)).st_size
+                except OSError:  # removed meanwhile
+                    pass
+        return total
+
     def recover(self) -> list[Job]:
         """After a start: re-queue or fail jobs left running, fail queued jobs whose input is gone,
         and remove folders that never became a job (an upload cut off by the crash)."""
@@ -213,6 +255,7 @@ class JobStore:
                             note=f"resumed after a restart (attempt {job.attempts} was interrupted)")
             else:
                 continue
+            self.clean(job.id)
             touched.append(self.get(job.id))
         for p in self.root.iterdir():
             if p.is_dir() and ID.match(p.name) and p.name not in known:
@@ -273,6 +316,10 @@ class JobRunner:
                 continue
             self._run(job)
 
+    def fail(self, job: Job, folder: Path, message: str) -> None:
+        self.store.clean(job.id)
+        self.store.update(job.id, state="failed", error=public_error(message, job.name, folder))
+
     def _run(self, job: Job) -> None:
         folder = self.store.folder(job.id)
         last = [0.0]
@@ -285,6 +332,7 @@ class JobRunner:
                 last[0] = now
                 self.store.update(job.id, progress=min(1.0, max(0.0, float(fraction))))
 
+        self.store.clean(job.id)  # a previous attempt's leftovers
         src = self.store.input_path(job.id)
         try:
             if src is None:
@@ -299,15 +347,41 @@ class JobRunner:
                                   note="interrupted by a shutdown; resumes on the next start")
             return
         except VqpError as e:
-            self.store.update(job.id, state="failed", error=public_error(str(e), job.name, folder))
+            self.fail(job, folder, str(e))
             return
         except Exception as e:  # a bug must fail the job with a reason, not kill the worker
             log.exception("job %s failed", job.id)
-            self.store.update(job.id, state="failed",
-                              error=public_error(f"internal error: {type(e).__name__}: {e}", job.name, folder))
+            self.fail(job, folder, f"internal error: {type(e).__name__}: {e}")
             return
         if job.id in self._cancel:  # deleted while its last frames were encoded
             self._cancel.discard(job.id)
             shutil.rmtree(folder, ignore_errors=True)
             return
         self.store.update(job.id, state="done", progress=1.0, result=stats, output=output)
+
+
+class Sweeper:
+    """A thread that removes jobs ``ttl`` seconds after they finished or failed, every ``ttl / 4``
+    (between 0.05 s and 10 minutes); the service also sweeps once at start-up."""
+
+    def __init__(self, store: JobStore, ttl: float):
+        self.store, self.ttl = store, ttl
+        self.every = min(600.0, max(0.05, ttl / 4))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="vqp-sweeper", daemon=True)
+
+    def start(self) -> "Sweeper":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                if gone := self.store.sweep(self.ttl):
+                    log.info("vqp: removed %d jobs older than %g s", len(gone), self.ttl)
+            except Exception:  # a failed sweep is retried at the next one
+                log.exception("job sweep failed")

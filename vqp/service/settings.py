@@ -40,6 +40,8 @@ class Settings:
     job_workers: int = 1                # video jobs encoded at the same time
     max_attempts: int = 3               # starts of one job (restarts included) before it fails
     require_model: bool = False         # no model file is a start-up error, not the OpenCV fallback
+    job_ttl: float = 86400.0            # seconds a finished or failed job is kept (files and row)
+    jobs_quota: int = 20 * 1024 * MIB   # bytes the jobs folder may hold; an upload beyond it is refused (507)
 
     def __post_init__(self):
         self.jobs_dir = Path(self.jobs_dir)
@@ -49,6 +51,8 @@ class Settings:
                   "encode_workers", "max_jobs", "job_workers", "max_attempts", "imgsz"):
             if getattr(self, f) < 1:
                 raise VqpError(f"{f} must be at least 1, got {getattr(self, f)}")
+        if self.job_ttl < 0 or self.jobs_quota < 0:
+            raise VqpError("job_ttl and jobs_quota must be >= 0 (a quota of 0 is none)")
         if self.max_wait_ms < 0 or self.timeout_s <= 0:
             raise VqpError("max_wait_ms must be >= 0 and timeout_s > 0")
         if not 0 <= self.conf <= 1:
