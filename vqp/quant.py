@@ -174,21 +174,26 @@ def quantize(rgb: torch.Tensor, roi: RoiMap | torch.Tensor, tables: torch.Tensor
 
 
 def quantize_planes(planes: list[torch.Tensor], importance: torch.Tensor, tables: torch.Tensor,
-                    params: QuantParams, grid: int, todo: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Requantize a batch of YUV planes, each (N, H, W) uint8 on any device, with an importance
-    map (N, Hg, Wg) on the encoder's ``grid`` (16 for macroblocks, 8 for JPEG blocks).
+                    params: QuantParams, grid: int, todo: torch.Tensor | None = None,
+                    depth: int = 8) -> list[torch.Tensor]:
+    """Requantize a batch of YUV planes, each (N, H, W) on any device, uint8 for 8-bit samples
+    (int16 for ``depth`` up to 15), with an importance map (N, Hg, Wg) on the encoder's ``grid``
+    (16 for macroblocks, 8 for JPEG blocks).
 
     Luma 8x8 blocks inherit their grid cell's importance; a chroma block is as important as the
     best luma block it covers. Only the cells in ``todo`` (default: importance below 1 in frames
-    with any importance) are transformed; every other block keeps its source pixels.
+    with any importance) are transformed; every other block keeps its source pixels. Deeper
+    samples are quantized in their own depth: the steps (8-bit tables) grow by 2 per extra bit,
+    so a block loses what it would at 8 bits and keeps the finer levels elsewhere.
     """
+    top, mid = (1 << depth) - 1, 1 << (depth - 1)
     n, h, w = planes[0].shape
     importance = importance.to(planes[0].device)
     if todo is None:
         todo = (importance < 1) & (importance.flatten(1).amax(1) > 0)[:, None, None]
     f = grid // 8
     imp8, todo8 = (x.repeat_interleave(f, 1).repeat_interleave(f, 2) for x in (importance.float(), todo.float()))
-    tables = tables.to(planes[0].device)
+    tables = tables.to(planes[0].device) * (1 << (depth - 8))
     out = []
     for k, plane in enumerate(planes):
         sub = h // plane.shape[1]
@@ -199,8 +204,8 @@ def quantize_planes(planes: list[torch.Tensor], importance: torch.Tensor, tables
         x = torch.cat([plane, plane[:, -1:].expand(-1, ph, -1)], 1) if ph > 0 else plane[:, : hb * 8]
         x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pw)], 2) if pw > 0 else x[:, :, : wb * 8]
         blocks = x.reshape(n, hb, 8, wb, 8).transpose(2, 3).clone()  # (N, hb, wb, 8, 8)
-        coef = dct2(blocks[sel].float() - 128)[None, None, :, None]  # (1, 1, M, 1, 8, 8); M may be 0
+        coef = dct2(blocks[sel].float() - mid)[None, None, :, None]  # (1, 1, M, 1, 8, 8); M may be 0
         q = requantize_blocks(coef, tables[min(k, 1)], imp[sel][None, :, None], params)
-        blocks[sel] = torch.clamp(torch.round(idct2(q) + 128), 0, 255).to(torch.uint8)[0, 0, :, 0]
+        blocks[sel] = torch.clamp(torch.round(idct2(q) + mid), 0, top).to(blocks.dtype)[0, 0, :, 0]
         out.append(blocks.transpose(2, 3).reshape(n, hb * 8, wb * 8)[:, : plane.shape[1], : plane.shape[2]])
     return out

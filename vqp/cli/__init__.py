@@ -46,6 +46,9 @@ def detector_from_args(args, fast: bool = False):
         raise VqpError(f"--conf must be between 0 and 1, got {args.conf}")
     if args.imgsz < 32:
         raise VqpError(f"--imgsz must be at least 32, got {args.imgsz}")
+    from ..video.options import check_device
+
+    check_device(args.device)  # a missing GPU or a typo: one line, before any model loads
     return load_detector(args.model, classes=args.classes, conf=args.conf, imgsz=args.imgsz, device=args.device,
                          fast=fast)
 

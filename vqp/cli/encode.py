@@ -86,7 +86,8 @@ def options_from_args(args, **kw):
 def run(args) -> int:
     import sys
 
-    from ..video import encode_video
+    from ..video import encode_video, validate
+    from ..video.io import ffmpeg_logging, output_format
 
     to_pipe = args.output == "-"
     if args.two_pass and args.bitrate is None:
@@ -96,6 +97,9 @@ def run(args) -> int:
                           mjpeg_quality=args.quality, codec_options=dict(args.codec_option),
                           measure_plain=args.compare, max_frames=args.frames, container=args.format,
                           roi_object=args.roi_offsets[0], roi_background=args.roi_offsets[1])
+    validate(o)  # before the detector loads: a bad option costs no wait
+    output_format(args.output, o.container)
+    ffmpeg_logging(args.verbose)
     out = take_stdout() if to_pipe else None
     det = detector_from_args(args, fast=True) if o.preprocess else None
     st = encode_video(args.input, out or args.output, o, detector=det, progress=sys.stderr.isatty() and not to_pipe,

@@ -24,9 +24,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..filter import filter_y4m
+    from ..video import validate
+    from ..video.io import ffmpeg_logging
 
+    o = options_from_args(args, codec=args.codec, method="pixel")
+    validate(o)  # before the detector loads
+    ffmpeg_logging(args.verbose)
     out = take_stdout(buffering=1 << 20)
-    o = options_from_args(args, codec=args.codec)
     det = detector_from_args(args, fast=True) if o.preprocess else None
     try:
         st = filter_y4m(sys.stdin.buffer, out, o, detector=det)

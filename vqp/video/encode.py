@@ -17,7 +17,7 @@ from ..errors import VqpError
 from ..imageio import publish, reserve_temp
 from ..roi import ROI_CONF
 from ..types import Box, Detections
-from .io import STDIO, Reader, Writer, counter, message, stdin, stdout
+from .io import STDIO, Reader, Writer, counter, message, output_format, stdin, stdout, tags
 from .options import DETECT_SIZE, EncodeStats, VideoOptions, validate
 from .pipeline import Pipeline
 from .ratecontrol import encoder_frame, first_pass, match_crf, match_range
@@ -40,8 +40,7 @@ def encode_video(src: str | os.PathLike, dst: str | os.PathLike | BinaryIO, opti
     to_pipe, from_pipe = hasattr(dst, "write") or str(dst) == STDIO, str(src) == STDIO
     if str(dst) == STDIO:
         dst = stdout()
-    if to_pipe and not o.container:
-        raise VqpError("writing to stdout needs a container format (e.g. --format matroska)")
+    output_format(dst, o.container)
     if not from_pipe and not to_pipe and Path(dst).exists() and Path(src).exists() \
             and Path(dst).resolve() == Path(src).resolve():
         raise VqpError("output is the input file; choose another name so the original is kept")
@@ -77,10 +76,12 @@ def _encode_video(src, dst, o: VideoOptions, detector, progress, preview, to_pip
             else:
                 stats_file = reserve_temp(dst, f".part{Path(dst).suffix}")
             cache = first_pass(src, o, detector, stats_file)
+        first = True
         while True:
             st, cache = _pass(src, dst, o, detector, cache, crf, progress, stats_file,
                               plain_crf if plain_crf is not None else (crf if o.measure_plain else None),
-                              preview, to_pipe)
+                              preview, to_pipe, first)
+            first = False
             if o.match_crf is None or st.bytes <= st.plain_bytes or not o.preprocess:
                 break
             if crf + 1 <= match_range(o)[1]:  # the sample under-estimated the clip: one step up
@@ -102,8 +103,9 @@ def _encode_video(src, dst, o: VideoOptions, detector, progress, preview, to_pip
 
 
 def _pass(src, dst, o: VideoOptions, detector, cache, crf, progress, stats_file, plain_crf, preview,
-          to_pipe: bool) -> tuple[EncodeStats, list[tuple[list[Box], list[Box]]]]:
-    """One full pass writing ``dst``; also returns every frame's boxes for reuse."""
+          to_pipe: bool, notes: bool = True) -> tuple[EncodeStats, list[tuple[list[Box], list[Box]]]]:
+    """One full pass writing ``dst``; also returns every frame's boxes for reuse. ``notes``: warn
+    about what the output cannot keep of the source (once per encode, not per pass)."""
     from tqdm import tqdm
 
     reader = Reader(src)
@@ -120,23 +122,27 @@ def _pass(src, dst, o: VideoOptions, detector, cache, crf, progress, stats_file,
         pipe = Pipeline(reader.frames(other), str(src), o, detector, cache)
         w, h, fmt = pipe.width, pipe.height, pipe.fmt
         flags = av.codec.context.Flags.pass2 if stats_file else 0
-        writer = Writer(dst if to_pipe else tmp, o, fmt, w, h, reader, crf, pipe.rotation, flags, stats_file)
+        if notes:
+            for n in pipe.notes:
+                log.warning("vqp: %s", n)
+        writer = Writer(dst if to_pipe else tmp, o, fmt, w, h, reader, crf, pipe.rotation, flags, stats_file,
+                        pipe.colour)
         for p in early:
             writer.add_other(p)
-        side = SideData(w, h, fmt, reader.time_base, o.spec.roi_every_frame) if o.uses_roi else None
+        side = SideData(w, h, fmt, reader.time_base, o.spec.roi_every_frame, pipe.colour) if o.uses_roi else None
         plain = None
         if plain_crf is not None:
             po = replace(o, match_crf=None, two_pass=False)
-            plain = counter(po, fmt, w, h, reader.time_base, reader.rate, plain_crf)
+            plain = counter(po, fmt, w, h, reader.time_base, reader.rate, plain_crf, colour=pipe.colour)
         shots = None
+        total = min(filter(None, (reader.total, o.max_frames)), default=None)  # frames this pass will see
         if preview:
             from .preview import Preview
 
-            total = min(filter(None, (reader.total, o.max_frames)), default=None)  # frames this pass will see
             shots = Preview(total)
         st = EncodeStats(width=w, height=h, codec=o.codec, copied_streams=len(writer.copied))
         first = last = None
-        bar = tqdm(total=reader.total, unit="f", disable=not progress or callable(progress), desc="-" if to_pipe else Path(dst).name,
+        bar = tqdm(total=total, unit="f", disable=not progress or callable(progress), desc="-" if to_pipe else Path(dst).name,
                    leave=False)
         for fr in pipe:
             writer.add(encoder_frame(fr, fmt, side))
@@ -149,12 +155,16 @@ def _pass(src, dst, o: VideoOptions, detector, cache, crf, progress, stats_file,
             st.frames += 1
             bar.update()
             if callable(progress):  # e.g. the service's job runner: fraction done, None if the length is unknown
-                progress(st.frames / reader.total if reader.total else None)
+                progress(st.frames / total if total else None)
         bar.close()
         writer.close()
         if shots:
             shots.save(preview)
         if tmp:
+            lost = pipe.colour.lost(tags(tmp))
+            if lost and notes:
+                log.warning("vqp: %s: %s in %s cannot carry the source's %s; a .mkv output keeps them", dst, o.codec,
+                            Path(dst).suffix or o.container, ", ".join(lost))
             publish(tmp, dst)
     except BaseException as e:
         if writer is not None:
@@ -175,14 +185,15 @@ def _pass(src, dst, o: VideoOptions, detector, cache, crf, progress, stats_file,
     st.frames_with_detections = pipe.with_detections
     st.detections_run = pipe.runs
     st.frames_moving = pipe.moving
-    st.corrupt_packets = reader.corrupt
+    st.corrupt_packets = reader.corrupt + writer.skipped
+    st.size = None if to_pipe else os.path.getsize(dst)
     st.duration = float((last - first) * reader.time_base + 1 / reader.rate)
     st.bitrate = st.bytes * 8 / st.duration
     if plain:
         st.plain_bytes = plain(None)
         st.plain_bitrate = st.plain_bytes * 8 / st.duration
-    if reader.corrupt:
-        log.warning("vqp: %s: skipped %d corrupt packets", src, reader.corrupt)
+    if st.corrupt_packets:
+        log.warning("vqp: %s: skipped %d corrupt packets", src, st.corrupt_packets)
     return st, pipe.boxes
 
 

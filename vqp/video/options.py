@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from .. import codecs
 from ..errors import VqpError
@@ -87,8 +88,9 @@ class EncodeStats:
     frames_with_detections: int = 0
     detections_run: int = 0
     seconds: float = 0.0
-    fps: float = 0.0
-    bytes: int = 0
+    fps: float = 0.0                # processing speed: frames encoded per second of wall time
+    bytes: int = 0                  # the video stream
+    size: int | None = None         # the output file (container, audio and all); None when piped
     bitrate: float = 0.0
     plain_bytes: int | None = None
     plain_bitrate: float | None = None
@@ -105,8 +107,9 @@ class EncodeStats:
 
     def summary(self) -> str:
         s = (f"{self.frames} frames ({self.frames_with_detections} with detections), {self.width}x{self.height} "
-             f"{self.codec}{f' ({self.method})' if self.method else ''}, {self.fps:.1f} fps, {self.bytes} B, "
-             f"{self.bitrate / 1000:.0f} kb/s")
+             f"{self.codec}{f' ({self.method})' if self.method else ''}, processing speed {self.fps:.1f} frames/s, "
+             f"video {self.bytes} B" + (f" (file {self.size} B)" if self.size is not None else "")
+             + f", {self.bitrate / 1000:.0f} kb/s")
         if self.crf is not None:
             s += f" at crf {self.crf:g}"
         if self.plain_bitrate:
@@ -158,3 +161,42 @@ def validate(o: VideoOptions) -> None:
         raise VqpError(f"ROI offsets: object in [-1, 0] and background in [0, 1], got {o.roi_object:g}, {o.roi_background:g}")
     if o.max_frames is not None and o.max_frames < 1:
         raise VqpError(f"frames must be at least 1, got {o.max_frames}")
+    if o.gop is not None and o.gop < 1:
+        raise VqpError(f"gop (keyframe interval) must be at least 1 frame, got {o.gop}")
+    if not o.strength >= 1:
+        raise VqpError(f"strength (background step multiplier) must be at least 1, got {o.strength:g}")
+    if not o.hold >= 0:
+        raise VqpError(f"hold must be 0 (off) or more RMS levels, got {o.hold:g}")
+    check_device(o.device)
+    check_encoder(o)
+
+
+def check_device(device: str | None) -> None:
+    """A torch device name that this machine has, or a one-line error (before any model loads)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise VqpError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:0)") from None
+    if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise VqpError(f"device {device}: this machine has {have or 'no'} CUDA GPU{'s' if have != 1 else ''}; "
+                       "use --device cpu" + (" or cuda:0" if have else ""))
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise VqpError(f"device {device}: MPS is not available here; use --device cpu")
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise VqpError(f"device {device}: vqp runs on cpu, cuda or mps")
+
+
+def check_encoder(o: VideoOptions) -> None:
+    """Open the encoder once, on a tiny frame, with every option the encode will give it, so a
+    refused value or an unknown option fails before any work (vqp.video.io.configure says how)."""
+    import av
+
+    from .io import configure  # io builds on this module
+
+    crf = next((v for v in (o.crf, o.match_crf) if v is not None), o.spec.default_crf)
+    configure(av.CodecContext.create(o.codec, "w"), o, o.spec.fmt420, 64, 64, Fraction(1, 25), Fraction(25), crf)

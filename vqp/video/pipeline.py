@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -26,13 +27,14 @@ import av
 import numpy as np
 import torch
 
+from .. import codecs
 from ..errors import VqpError
 from ..quant import QuantParams, annex_k_tables, quantize_planes
 from ..roi import roi_map
 from ..track import Tracker, between
 from ..types import Box, Detections
 from .hold import Holder
-from .io import conform, planes
+from .io import Colour, conform, depth, planes
 from .options import VideoOptions
 from .roi_side_data import Region, plan
 
@@ -121,8 +123,16 @@ class Pipeline:
         if self.first is None:
             raise VqpError(f"{name}: no video frames could be decoded")
         f = self.first
-        is444 = f.format.name in ("yuv444p", "yuvj444p", "gbrp", "rgb24", "bgr24") and self.codec.fmt444
-        self.fmt = fmt or (self.codec.fmt444 if is444 else self.codec.fmt420)
+        src = f.format.name
+        is444 = bool(re.fullmatch(r"(yuvj?444p|gbrp)(\d+le)?|rgb24|bgr24", src)) and self.codec.fmt444 is not None
+        self.fmt = fmt or self.codec.pix_fmt(is444, depth(src))
+        self.depth = depth(self.fmt)  # the quantizer and the ROI offsets work at the encoder's depth
+        self.colour = Colour.of(f) if fmt else Colour.of(f).encoded(src, self.codec)  # fmt given: kept as it is
+        self.notes: list[str] = []  # what the encoder cannot keep of the source, for one warning
+        if depth(src) > self.depth:
+            keep = codecs.deep_codecs()
+            self.notes.append(f"{o.codec} codes {self.depth} bits per sample here: the {depth(src)}-bit source is "
+                              f"reduced ({', '.join(keep) or 'no encoder in this build'} would keep it)")
         even = 1 if is444 else 2
         self.width, self.height = f.width - f.width % even, f.height - f.height % even
         if (self.width, self.height) != (f.width, f.height):
@@ -136,7 +146,8 @@ class Pipeline:
         if o.uses_pixels:
             self.tables = self._tables()
             self.params = QuantParams(o.strength, o.keep, o.dc_strength)
-            self.holder = Holder(o.hold if self.codec.inter else 0.0, self.codec.grid)
+            levels = 1 << (self.depth - 8)  # --hold is in 8-bit levels
+            self.holder = Holder(o.hold * levels if self.codec.inter else 0.0, self.codec.grid)
 
     def _tables(self) -> torch.Tensor:
         if self.o.codec == "mjpeg":
@@ -150,7 +161,7 @@ class Pipeline:
         n = 0
         f = self.first
         while f is not None and n != self.o.max_frames:
-            yield conform(f, self.fmt, self.width, self.height)
+            yield conform(f, self.fmt, self.width, self.height, self.colour)
             n += 1
             f = next(self._frames, None)
 
@@ -223,11 +234,12 @@ class Pipeline:
         self.with_detections += sum(1 for fr in frames if fr.boxes)
         if o.uses_roi:
             planned: dict[tuple, list[Region]] = {}
+            scale = self.codec.roi_scale(self.depth)
             for fr in frames:
                 key = tuple(fr.cover)
                 if key not in planned:
-                    planned[key] = plan(fr.cover, self.width, self.height, grid=self.codec.grid, obj=o.roi_object,
-                                        bg=o.roi_background, config=o.roi)
+                    planned[key] = plan(fr.cover, self.width, self.height, grid=self.codec.grid,
+                                        obj=o.roi_object * scale, bg=o.roi_background * scale, config=o.roi)
                 fr.regions = planned[key]
         if o.uses_pixels:
             if any(fr.boxes for fr in frames):
@@ -241,11 +253,13 @@ class Pipeline:
         dets = [Detections(fr.boxes, self.height, self.width) for fr in frames]
         imp = roi_map(dets, block=grid, config=o.importance, device=self.device).importance
         src = [planes(fr.video, self.fmt, self.width, self.height) for fr in frames]
-        data = [torch.from_numpy(np.stack([s[k] for s in src])).to(self.device) for k in range(len(src[0]))]
+        # 10-bit samples as int16 (exact: they fit), a type torch computes with on every device
+        data = [torch.from_numpy(np.stack([s[k] for s in src]).view(np.int16 if self.depth > 8 else np.uint8))
+                .to(self.device) for k in range(len(src[0]))]
         active = imp.flatten(1).amax(1) > 0
         hold, moving = self.holder.masks(data[0], imp)
         todo = (imp < 1) & (active & ~moving)[:, None, None] & ~hold
-        q = quantize_planes(data, imp, self.tables, self.params, grid, todo)
+        q = quantize_planes(data, imp, self.tables, self.params, grid, todo, depth=self.depth)
         use = (active & ~moving).tolist()  # the one host sync per chunk
         self.moving += int(moving.sum())
         for fr, out, a in zip(frames, self.holder.apply(q, hold), use):

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import VqpError
 from ..imageio import write_atomic
-from .io import to_frame
+from .io import Colour, to_frame
 from .pipeline import Frame
 
 WIDTH = 320  # each frame's width in the strip
@@ -38,7 +38,7 @@ class Preview:
         """The frame as encoded (the pixel method's requantized planes), tinted by its regions, with boxes."""
         v = fr.video
         if fr.planes is not None:
-            v = to_frame(fr.planes, v.format.name, v.width, v.height, fr.pts, v.time_base)
+            v = to_frame(fr.planes, v.format.name, v.width, v.height, fr.pts, v.time_base, Colour.of(v))
         rgb = v.to_ndarray(format="rgb24").astype(np.float32)
         h, w = rgb.shape[:2]
         tint = np.zeros((h, w), np.float32)  # -1 finer ... +1 coarser

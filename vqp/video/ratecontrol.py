@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..types import Box
-from .io import Reader, configure, counter, to_frame
+from .io import Colour, Reader, configure, counter, to_frame
 from .options import VideoOptions
 from .pipeline import Frame, Pipeline
 from .roi_side_data import SideData
@@ -25,7 +25,7 @@ def encoder_frame(fr: Frame, fmt: str, side: SideData | None, plain: bool = Fals
     if plain:
         return fr.video
     f = fr.video if fr.planes is None else to_frame(fr.planes, fmt, fr.video.width, fr.video.height, fr.pts,
-                                                     fr.video.time_base)
+                                                     fr.video.time_base, Colour.of(fr.video))
     return side.attach(f, fr.regions) if side is not None else f
 
 
@@ -34,9 +34,10 @@ def first_pass(src, o: VideoOptions, detector, stats_file: str) -> list[tuple[li
     reader = Reader(src)
     try:
         pipe = Pipeline(reader.frames(), str(src), o, detector)
-        side = SideData(pipe.width, pipe.height, pipe.fmt, reader.time_base, o.spec.roi_every_frame) if o.uses_roi else None
+        side = SideData(pipe.width, pipe.height, pipe.fmt, reader.time_base, o.spec.roi_every_frame,
+                        pipe.colour) if o.uses_roi else None
         enc = counter(o, pipe.fmt, pipe.width, pipe.height, reader.time_base, reader.rate, None,
-                      flags=av.codec.context.Flags.pass1, stats=stats_file)
+                      flags=av.codec.context.Flags.pass1, stats=stats_file, colour=pipe.colour)
         for fr in pipe:
             enc(encoder_frame(fr, pipe.fmt, side))
         enc(None)
@@ -52,7 +53,8 @@ def match_crf(src, o: VideoOptions, detector) -> float:
     reader = Reader(src)
     try:
         pipe = Pipeline(reader.frames(), str(src), o, detector)
-        side = SideData(pipe.width, pipe.height, pipe.fmt, reader.time_base, o.spec.roi_every_frame) if o.uses_roi else None
+        side = SideData(pipe.width, pipe.height, pipe.fmt, reader.time_base, o.spec.roi_every_frame,
+                        pipe.colour) if o.uses_roi else None
         sample = []
         for fr in pipe:
             sample.append(fr)
@@ -63,7 +65,7 @@ def match_crf(src, o: VideoOptions, detector) -> float:
     args = (pipe.fmt, pipe.width, pipe.height, reader.time_base, reader.rate)
 
     def size(crf: float, plain: bool) -> int:
-        enc = counter(o, *args, crf)
+        enc = counter(o, *args, crf, colour=pipe.colour)
         for fr in sample:
             enc(encoder_frame(fr, pipe.fmt, side, plain))
         return enc(None)

@@ -100,8 +100,9 @@ class SideData:
     ``every_frame``: frames without regions get one neutral region (offset 0, the same bitstream as
     none), for encoders that cannot take a mix of frames with and without ROI data."""
 
-    def __init__(self, width: int, height: int, fmt: str, time_base, every_frame: bool = False):
+    def __init__(self, width: int, height: int, fmt: str, time_base, every_frame: bool = False, colour=None):
         self.width, self.height, self.fmt = width, height, fmt
+        self.colour = colour  # the frames' range and matrix, declared to the graph (vqp.video.io.Colour)
         self.neutral = [Region(0, 0, width, height, 0.0)] if every_frame else []
         self.time_base = Fraction(time_base)
         self.key: tuple | None = None
@@ -126,7 +127,9 @@ class SideData:
 
     def _build(self, regions: Sequence[Region]) -> av.filter.Graph:
         g = av.filter.Graph()
-        last = g.add_buffer(width=self.width, height=self.height, format=self.fmt, time_base=self.time_base)
+        tags = {} if self.colour is None else {"colorspace": str(self.colour.space), "range": str(self.colour.range)}
+        last = g.add("buffer", video_size=f"{self.width}x{self.height}", pix_fmt=str(int(av.VideoFormat(self.fmt))),
+                     time_base=str(self.time_base), pixel_aspect="1/1", **tags)
         for i, r in enumerate(regions):  # the first one clears any regions the frame came with
             f = g.add("addroi", f"x={r.x}:y={r.y}:w={r.w}:h={r.h}:qoffset={r.qoffset:.6f}:clear={int(i == 0)}")
             last.link_to(f)
