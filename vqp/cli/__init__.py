@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import VqpError
 
 # subcommand modules; each has register(subparsers) and sets func(args) -> int
-COMMANDS = ("detect", "image", "serve", "robustness", "repair", "encode", "filter")
+COMMANDS = ("detect", "image", "serve", "robustness", "repair", "encode", "filter", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +89,7 @@ def roi_from_args(args):
 
 # optional extras (pyproject.toml) and a module each of them brings
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "prometheus_client": "serve",
-          "pydantic_settings": "serve", "pycocotools": "repair", "imagecorruptions": "repair"}
+          "pydantic_settings": "serve", "pycocotools": "repair", "imagecorruptions": "repair", "ray": "ray"}
 
 
 def main(argv: list[str] | None = None) -> int:

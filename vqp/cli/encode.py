@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 from ..errors import VqpError
-from ..roi import ROI_CONF
 from ..video.options import VideoOptions, bitrate
 from . import add_detector_args, detector_from_args, take_stdout
 
@@ -29,14 +28,12 @@ def add_video_args(p) -> None:
     g.add_argument("--plain", action="store_true", help="no preprocessing: the plain encode, for comparison")
 
 
-def register(sub) -> None:
+def add_codec_args(p, quality: str = "--quality") -> None:
+    """Encoder and rate-control options, shared by `encode` and `batch` (which names the MJPEG
+    quality ``--mjpeg-quality``: its --quality is the JPEG images')."""
     from ..codecs import CODECS, METHODS
 
     d = VideoOptions()
-    p = sub.add_parser("encode", help="encode a video with object-aware rate allocation")
-    p.add_argument("input", help="any video FFmpeg reads; - reads a stream (e.g. matroska) from stdin")
-    p.add_argument("output", help="output file, the container follows the extension (.mp4, .mkv, .webm, .avi); "
-                   "- writes to stdout (needs --format)")
     p.add_argument("--codec", default="libx264", metavar="NAME", help=f"encoder: {', '.join(CODECS)} (default libx264)")
     p.add_argument("--method", metavar="M", help=f"{' | '.join(METHODS)}: drive the encoder's own per-block "
                    "quantizer with ROI offsets (roi), requantize the background pixels in front of it (pixel), "
@@ -49,19 +46,27 @@ def register(sub) -> None:
     p.add_argument("--two-pass", action="store_true", help="two-pass encode to --bitrate (libx264)")
     p.add_argument("--preset", default="medium", help="x264/x265 preset (default medium)")
     p.add_argument("--gop", type=int, help="keyframe interval in frames")
-    p.add_argument("--quality", type=int, metavar="Q", help="MJPEG quality 1-100 (default 75)")
+    p.add_argument(quality, type=int, metavar="Q", help="MJPEG quality 1-100 (default 75)")
     p.add_argument("--roi-offsets", type=offsets, metavar="OBJ,BG", default=(d.roi_object, d.roi_background),
                    help="ROI method: quantizer offsets of objects and background as FFmpeg qoffsets in [-1, 1] "
                         f"(x 51 QP for x264/x265; default {d.roi_object:g},{d.roi_background:g})")
     p.add_argument("-x", "--codec-option", type=codec_option, action="append", default=[], metavar="KEY=VALUE",
                    help="encoder option passed through, e.g. aq-mode=2 or x264-params=... (repeatable)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("encode", help="encode a video with object-aware rate allocation")
+    p.add_argument("input", help="any video FFmpeg reads; - reads a stream (e.g. matroska) from stdin")
+    p.add_argument("output", help="output file, the container follows the extension (.mp4, .mkv, .webm, .avi); "
+                   "- writes to stdout (needs --format)")
+    add_codec_args(p)
     p.add_argument("--format", metavar="FMT", help="output container (e.g. matroska, mp4, webm); needed for stdout")
     p.add_argument("--frames", type=int, metavar="N", help="encode only the first N frames")
     p.add_argument("--compare", action="store_true", help="also encode plainly (not written) to report its bitrate")
     p.add_argument("--preview", metavar="FILE.png", help="write a strip of frames with the ROI map and boxes drawn over them")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_video_args(p)
-    add_detector_args(p, conf=ROI_CONF)
+    add_detector_args(p)
     p.set_defaults(func=run, imgsz=None)  # None: vqp.video.DETECT_SIZE
 
 
@@ -80,7 +85,7 @@ def options_from_args(args, **kw):
     every = {} if args.detect_every is None else dict(detect_every=args.detect_every, detect_min=args.detect_every,
                                                      detect_max=args.detect_every)
     return VideoOptions(strength=args.strength, hold=args.hold, preprocess=not args.plain, device=args.device,
-                        **every, **kw)
+                        report_conf=args.conf, **every, **kw)
 
 
 def run(args) -> int:
@@ -101,7 +106,7 @@ def run(args) -> int:
     output_format(args.output, o.container)
     ffmpeg_logging(args.verbose)
     out = take_stdout() if to_pipe else None
-    det = detector_from_args(args, fast=True) if o.preprocess else None
+    det = detector_from_args(args, fast=True, steer=True) if o.preprocess else None
     st = encode_video(args.input, out or args.output, o, detector=det, progress=sys.stderr.isatty() and not to_pipe,
                       preview=args.preview)
     if args.json:  # with the video on stdout, take_stdout has sent print() to stderr
