@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if service.is_load_config(path):  # `kind: service`: a load test of `vqp serve`, not a codec run
             return service.run_config(path, args.out)
+        from . import batch
+
+        if batch.is_batch_config(path):  # `kind: batch`: throughput of `vqp batch`, in-process and on Ray
+            return batch.run_config(path, args.out)
         cfg = harness.load_config(path, args.out)
         runner = harness.Runner(cfg, progress=not args.no_progress)
         records = runner.run()
