@@ -3,27 +3,29 @@
 ``save_jpeg`` is the library call. With ``match_quality=Q`` the output is never larger than the
 plain encoder's file at Q; with ``target_size=N`` never larger than N bytes. In both cases the
 encoder quality and the background strength are searched jointly for the best object quality
-that fits. Quantization steps come from the encoder's own tables at the quality it will use, so
-background coefficients land on multiples of the encoder's step and survive it.
+that fits, on sizes and errors modelled from the DCT coefficients (vqp.jpegsize) and confirmed by
+a real encode. Quantization steps come from the encoder's own tables at the quality it will use,
+so background coefficients land on multiples of the encoder's step and survive it.
 """
 from __future__ import annotations
 
 import io
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Protocol, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .detect import DETECT_CONF, Detector, shared_detector
 from .errors import VqpError
 from .imageio import Picture, load_image, write_atomic
-from .metrics import luma
-from .quant import Prepared, QuantParams, annex_k_tables, prepare, requantize
+from .jpegsize import SCAN_RANK, header_bytes, scan_bits, zigzag
+from .quant import Prepared, QuantParams, annex_k_tables, prepare, requantize, requantize_blocks
 from .roi import ROI_CONF, RoiConfig, roi_map
 from .types import Detections
 
@@ -36,7 +38,6 @@ DEFAULT_QUALITY = 75
 # less background loss on coco128 (benchmarks/RESULTS.md).
 BACKGROUND_WEIGHT = 0.1
 SUBSAMPLING = ("4:2:0", "4:4:4")  # what the quantizer reproduces (vqp.quant.prepare)
-_ROWS = 512  # pixel rows scored at a time: no full-size float plane is held for the search
 
 
 class Encoder(Protocol):
@@ -174,23 +175,87 @@ def _psnr(err_sum: float, weight_sum: float) -> float:
     return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
 
 
-class _Search:
-    """Holds one image's prepared DCT and answers 'size and object error at (quality, params)'.
+# Most blocks the size and score model looks at per candidate: larger photos are sampled by MCU rows
+# (the real encode at the end sees every block).
+SAMPLE_BLOCKS = 1 << 12
+# Real encodes the search may spend confirming a predicted size before it settles for a safe file.
+CONFIRMS = 4
+# Luma MSE that decoding adds to any candidate (rounding in the IDCT and colour conversion): a plain
+# file at 100 measures 0.25 on Kodak against 0.08 from its coefficients alone.
+ROUNDING_MSE = 0.16
 
-    Memory: the DCT is prepared only when a candidate needs requantizing (an image without
-    detections is only ever encoded plainly), and scores are summed over strips of rows, so no
-    full-size float plane besides the quantizer's own is held.
+
+class _Search:
+    """One image's equal-size search, in the DCT domain.
+
+    Each candidate (encoder quality, background setting) is scored without encoding it: its
+    coefficients are requantized as the quantizer would, rounded to the encoder's steps, and
+    counted as the entropy coder would code them (vqp.jpegsize); the luma error follows from the
+    coefficient error (the DCT is orthonormal). The count is scaled to bytes by the latest real
+    encode of this image, so only its relative error matters, and the chosen candidate is always
+    confirmed by a real encode. ``steer`` is the quantizer's importance map (every box, weak ones
+    weighted down), ``weight`` the score's object weight (the boxes the user counts as objects).
     """
 
-    def __init__(self, pic: Picture, importance: torch.Tensor, enc: Encoder, device):
-        self.pic, self.enc, self.imp, self.device = pic, enc, importance, device
-        self.blocks = importance[0].cpu()  # (H/8, W/8) weight of each 8x8 block
+    def __init__(self, pic: Picture, steer: torch.Tensor, weight: torch.Tensor, enc: Encoder, device):
+        self.pic, self.enc, self.imp, self.device = pic, enc, steer, device
+        self.weight = weight
+        self.adaptive = not (isinstance(enc, PillowEncoder) and not enc.optimize and not enc.progressive)
         self._cache: dict = {}
+        self._model: dict = {}
+        self.meta = sum(len(v) if isinstance(v, (bytes, str)) else 16 for v in pic.metadata().values() if v)
 
     @cached_property
     def prep(self) -> Prepared:
         rgb = torch.from_numpy(np.require(self.pic.rgb, requirements="W")).permute(2, 0, 1)[None]
         return prepare(rgb.to(self.device), self.enc.subsampling)
+
+    @cached_property
+    def sample(self) -> tuple:
+        """(luma coef, luma steer, chroma coef, chroma steer, object weight, background weight) on
+        every k-th MCU row, k chosen so that at most SAMPLE_BLOCKS luma blocks are modelled."""
+        p = self.prep
+        hb, wb = p.coef_y.shape[2:4]
+        f = p.sub
+        h, w = self.pic.rgb.shape[:2]
+        imp = self.imp.to(p.ycc.device, torch.float32)
+        imp = F.pad(imp[:, None], (0, wb - imp.shape[-1], 0, hb - imp.shape[-2]), mode="replicate")[:, 0]
+        imp_c = F.max_pool2d(imp[:, None], f)[:, 0] if f > 1 else imp
+        valid = torch.zeros(hb, wb, device=imp.device)
+        valid[: -(-h // 8), : -(-w // 8)] = 1
+        wt = F.pad(self.weight.to(imp.device, torch.float32), (0, wb - self.weight.shape[-1],
+                                                                0, hb - self.weight.shape[-2]))
+        step = max(1, math.ceil(hb * wb / SAMPLE_BLOCKS))
+        rows_c = torch.arange(0, hb // f, step, device=imp.device)
+        rows_y = (rows_c[:, None] * f + torch.arange(f, device=imp.device)).flatten()
+        return (zigzag(p.coef_y[:, :, rows_y]), imp[:, rows_y], zigzag(p.coef_c[:, :, rows_c]), imp_c[:, rows_c],
+                wt[rows_y] * valid[rows_y], (1 - wt[rows_y]) * valid[rows_y])
+
+    def model(self, quality: int, params: QuantParams | None) -> tuple[float, float, float]:
+        """(entropy-coded bytes estimate, object luma error sum, background luma error sum)."""
+        key = (quality, params)
+        if key not in self._model:
+            cy, iy, cc, ic, wo, wb = self.sample
+            t = zigzag(self.enc.tables(quality).to(cy.device))  # the sample is in scan order
+            if params is not None:
+                ry = requantize_blocks(cy, t[0], iy, params, SCAN_RANK)
+                rc = requantize_blocks(cc, t[1], ic, params, SCAN_RANK)
+            else:
+                ry, rc = cy, cc
+            ky, kc = torch.round(ry / t[0]), torch.round(rc / t[1])  # what the encoder's quantizer writes
+            bits = scan_bits([x.to(torch.int32) for x in (ky[0, 0], kc[0, 0], kc[0, 1])], self.adaptive)
+            err = ((cy - ky * t[0]) ** 2).sum((-1, -2))[0, 0]
+            self._model[key] = (bits / 8, float((err * wo).sum()), float((err * wb).sum()))
+        return self._model[key]
+
+    def score(self, quality: int, params: QuantParams | None, background_weight: float) -> tuple[float, float]:
+        """(search score, object PSNR-Y): object PSNR-Y plus a small share of the background's, so
+        that marginal object gains do not buy a wrecked background (modelled, not decoded)."""
+        _, eo, eb = self.model(quality, params)
+        _, _, _, _, wo, wb = self.sample
+        no, nb = 64 * float(wo.sum()), 64 * float(wb.sum())
+        obj = _psnr(eo + ROUNDING_MSE * no, no)
+        return obj + background_weight * _psnr(eb + ROUNDING_MSE * nb, nb), obj
 
     def encode(self, quality: int, params: QuantParams | None) -> bytes:
         key = (quality, params)
@@ -200,33 +265,95 @@ class _Search:
                 t = self.enc.tables(quality)
                 rgb = requantize(self.prep, self.imp, t, params)[0].permute(1, 2, 0).cpu().numpy()
             self._cache[key] = self.enc.encode(np.ascontiguousarray(rgb), quality, **self.pic.metadata())
+            self.calibrate(quality, params)
         return self._cache[key]
 
-    def score(self, data: bytes, background_weight: float) -> tuple[float, float]:
-        """(search score, object PSNR-Y): PSNR-Y weighted by importance, plus a small share of the
-        background's PSNR-Y so that marginal object gains do not buy a wrecked background."""
-        dec = Image.open(io.BytesIO(data)).convert("RGB")
-        h, w = self.pic.rgb.shape[:2]
-        sums = torch.zeros(4, dtype=torch.float64)  # object error, object weight, background error, weight
-        for y in range(0, h, _ROWS):  # _ROWS is a multiple of 8: strips hold whole block rows
-            rows = min(_ROWS, h - y)
-            err = (luma(np.asarray(dec.crop((0, y, w, y + rows)))) - luma(self.pic.rgb[y:y + rows])) ** 2
-            wt = self.blocks[y // 8: -(-(y + rows) // 8)].repeat_interleave(8, 0).repeat_interleave(8, 1)[:rows, :w]
-            sums += torch.stack([(err * wt).sum(), wt.sum(), (err * (1 - wt)).sum(), (1 - wt).sum()]).double()
-        obj = _psnr(sums[0].item(), sums[1].item())
-        return obj + background_weight * _psnr(sums[2].item(), sums[3].item()), obj
+    def calibrate(self, quality: int, params: QuantParams | None) -> None:
+        """Scale the model's bytes to this image's real file at a point that was really encoded."""
+        self.ref = (self.model(quality, params)[0], len(self._cache[(quality, params)]))
 
-    def best_quality(self, params: QuantParams | None, budget: int, lo: int, hi: int = 100) -> int | None:
-        """Largest quality in [lo, hi] whose file fits the budget (size grows with quality)."""
-        if len(self.encode(lo, params)) > budget:
+    def predict(self, quality: int, params: QuantParams | None) -> float:
+        """Predicted file size: the model's bytes scaled like the latest real encode's
+        (before any, by the fixed part of a file plus the estimate)."""
+        est = self.model(quality, params)[0]
+        fixed = header_bytes(self.meta)
+        if not hasattr(self, "ref"):
+            return fixed + est
+        est_ref, real_ref = self.ref
+        return fixed + (real_ref - fixed) * est / max(est_ref, 1.0)
+
+    def best_quality(self, params: QuantParams | None, budget: int, lo: int, hi: int = 100,
+                     real: bool = False, near_hi: bool = False) -> int | None:
+        """Largest quality in [lo, hi] whose file fits the budget (size grows with quality):
+        predicted, or with ``real`` encodes. ``near_hi``: the answer is expected just below hi
+        (a gentler setting than one that fitted at hi), so the search gallops down from there."""
+        size = (lambda q: len(self.encode(q, params))) if real else (lambda q: self.predict(q, params))
+        if near_hi:
+            step = 1
+            while hi >= lo and size(hi) > budget:
+                lo_next = hi - step
+                if lo_next < lo or size(lo_next) <= budget:
+                    lo, hi = max(lo, lo_next), hi - 1
+                    break
+                hi, step = lo_next - 1, step * 2
+            else:
+                return hi if hi >= lo else None
+        if lo > hi or size(lo) > budget:
             return None
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if len(self.encode(mid, params)) <= budget:
+            if size(mid) <= budget:
                 lo = mid
             else:
                 hi = mid - 1
         return lo
+
+
+def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[QuantParams],
+                background_weight: float, reported: Detections) -> JpegResult:
+    """The best-scoring candidate whose file fits ``budget``, chosen on predicted sizes and scores and
+    confirmed by a real encode; a candidate that turns out too large recalibrates the prediction
+    and caps its quality. With ``ref`` (match_quality) the plain file at ref always fits.
+
+    The ladder is walked from its hardest setting down: a gentler setting fits only at a lower
+    quality than a harder one, and the walk stops once the score falls."""
+    caps: dict = {}
+    tried: list[dict] = []
+    lo = ref or 1
+    for _ in range(CONFIRMS):
+        best, hi = None, 100
+        for params in [*reversed(ladder), None]:
+            if params is None and ref is not None:
+                q = ref
+            else:
+                top = min(hi, caps.get(params, 100))
+                q = search.best_quality(params, budget, lo, top, near_hi=best is not None)
+            if q is None:
+                continue
+            hi = q
+            score, obj = search.score(q, params, background_weight) if ladder else (0.0, 0.0)
+            tried.append({"quality": q, "strength": params.strength if params else 1,
+                          "keep": params.keep if params else 64, "predicted_bytes": round(search.predict(q, params)),
+                          "object_psnr": round(obj, 3)})
+            if best is not None and score <= best[0] and params is not None:
+                break  # gentler settings only lose from here
+            if best is None or score > best[0]:
+                best = (score, q, params)
+        if best is None:
+            break
+        _, q, params = best
+        data = search.encode(q, params)
+        tried.append({"quality": q, "strength": params.strength if params else 1,
+                      "keep": params.keep if params else 64, "bytes": len(data)})
+        if len(data) <= budget:
+            return JpegResult(data, q, params, reported, budget if ref is not None else None, ref, tried)
+        caps[params] = q - 1
+    params = None if ref is not None or not ladder else ladder[-1]
+    q = ref if ref is not None else search.best_quality(params, budget, 1, real=True)
+    if q is None:
+        smallest = len(search.encode(1, params))
+        raise VqpError(f"cannot fit the image in {budget} bytes; the smallest file is {smallest} bytes")
+    return JpegResult(search.encode(q, params), q, params, reported, budget if ref is not None else None, ref, tried)
 
 
 def _bounded(name: str, value, hi: int) -> int | None:
@@ -271,7 +398,9 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
 
     Every box steers the quantizer, down to ``vqp.roi.ROI_CONF`` (the built-in detector runs at
     that threshold), but only boxes at or above ``conf`` are reported in ``JpegResult.detections``:
-    the same boxes ``vqp detect`` gives at that threshold. ``detections`` skips the detector (e.g.
+    the same boxes ``vqp detect`` gives at that threshold. Those reported boxes are also what the
+    search counts as objects (fully, times ``roi.priority`` of their class); weaker boxes are
+    protected but never veto a gain. ``detections`` skips the detector (e.g.
     when a service has already run it on a micro-batch of requests). ``background_weight``
     trades object quality for background quality in the search (0 = objects only).
     """
@@ -287,9 +416,13 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
         detections = det([pic.rgb])[0]
     reported = detections.above(conf)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    imp = roi_map([detections], block=8, config=roi, device=dev).importance
-    search = _Search(pic, imp, enc, dev)
-    active = bool(imp.max() > 0)
+    steer = roi_map([detections], block=8, config=roi, device=dev).importance
+    # What the score counts as object: the reported boxes, each fully (times its class priority).
+    # Weaker boxes still steer the quantizer (protected), but never veto a gain on the real objects.
+    counted = replace(roi, conf_full=max(conf, 1e-6))
+    weight = roi_map([reported], block=8, config=counted, device=dev).importance[0]
+    search = _Search(pic, steer, weight, enc, dev)
+    active = bool(steer.max() > 0)
 
     if quality is not None:
         plain = search.encode(quality, None)
@@ -300,24 +433,8 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
     else:
         ref = match_quality
         budget = len(search.encode(ref, None)) if ref is not None else target_size
-        lo = ref if ref is not None else 1
-        best, tried = None, []
-        for params in ([None] + list(ladder) if active else [None]):
-            q = search.best_quality(params, budget, lo)
-            if q is None:
-                continue
-            lo = q  # a harder ladder step is never larger at the same quality: search only upwards
-            data = search.encode(q, params)
-            score, obj = search.score(data, background_weight) if active else (0.0, 0.0)
-            tried.append({"quality": q, "strength": params.strength if params else 1,
-                          "keep": params.keep if params else 64, "bytes": len(data), "object_psnr": round(obj, 3)})
-            if best is None or (score, -len(data)) > (best[0], -len(best[1].data)):
-                best = (score, JpegResult(data, q, params, reported, budget if ref is not None else None, ref))
-        if best is None:
-            smallest = len(search.encode(1, ladder[-1] if active else None))
-            raise VqpError(f"cannot fit the image in {budget} bytes; the smallest file is {smallest} bytes")
-        res = best[1]
-        res.candidates = tried
+        options = list(ladder) if active and bool(weight.max() > 0) else []
+        res = _equal_size(search, budget, ref, options, background_weight, reported)
     if dest is not None:
         if hasattr(dest, "write"):
             dest.write(res.data)

@@ -129,8 +129,11 @@ def prepare(rgb: torch.Tensor, subsampling: str = "4:2:0") -> Prepared:
     return Prepared(rgb, ycc, dct2(blockify(ycc[:, :1] - 128)), dct2(blockify(chroma - 128)), sub)
 
 
-def requantize_blocks(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor, p: QuantParams) -> torch.Tensor:
-    """Round coefficients to per-block steps; imp is (N, Hb, Wb) on this plane's block grid."""
+def requantize_blocks(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor, p: QuantParams,
+                      rank: torch.Tensor = ZIGZAG) -> torch.Tensor:
+    """Round coefficients to per-block steps; imp is (N, Hb, Wb) on this plane's block grid.
+    ``rank`` is each of the 8x8 positions' place in the zigzag scan (the default for natural order;
+    coefficients already laid out in scan order pass ``arange(64)``, DC first either way)."""
     bg = (1 - imp)[:, None, :, :, None, None]  # (N, 1, Hb, Wb, 1, 1)
     mult = 1 + (p.strength - 1) * bg
     is_dc = torch.zeros(8, 8, device=coef.device)
@@ -139,7 +142,7 @@ def requantize_blocks(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor
     step = table.to(coef.device) * mult
     q = torch.round(coef / step) * step
     keep = 64 - (64 - p.keep) * bg  # zigzag positions kept, ramping with importance
-    return torch.where(ZIGZAG.to(coef.device) < keep, q, torch.zeros_like(q))
+    return torch.where(rank.to(coef.device) < keep, q, torch.zeros_like(q))
 
 
 def requantize(prep: Prepared, importance: torch.Tensor, tables: torch.Tensor,
