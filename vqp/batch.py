@@ -42,24 +42,21 @@ VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", 
 @dataclass(frozen=True)
 class DetectorSpec:
     """Which detectors a worker loads (once each, on first use): images as ``vqp image`` runs them
-    (``conf`` is the reported threshold, boxes down to ROI_CONF steer), videos as ``vqp encode``."""
+    and videos as ``vqp encode`` (``conf`` is the reported threshold, boxes down to ROI_CONF steer)."""
 
     model: str | None = None          # resolved by the driver, so every worker loads the same file
     classes: tuple[str, ...] | None = None
     conf: float = 0.25
     imgsz: int = 640
-    video_conf: float = ROI_CONF
     video_imgsz: int = DETECT_SIZE
     device: str | None = None
 
     def load(self, kind: str):
         from .detect import load_detector
 
-        if kind == IMAGE:
-            return load_detector(self.model, classes=self.classes, conf=min(self.conf, ROI_CONF), imgsz=self.imgsz,
-                                 device=self.device)
-        return load_detector(self.model, classes=self.classes, conf=self.video_conf, imgsz=self.video_imgsz,
-                             device=self.device, fast=True)
+        video = kind != IMAGE
+        return load_detector(self.model, classes=self.classes, conf=min(self.conf, ROI_CONF),
+                             imgsz=self.video_imgsz if video else self.imgsz, device=self.device, fast=video)
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ class Settings:
     def digest(self, kind: str) -> str:
         """Hash of what changes an output of this kind (not the device, which only changes the speed)."""
         d = self.detector
-        det = dict(model=d.model, classes=d.classes, conf=d.conf if kind == IMAGE else d.video_conf,
+        det = dict(model=d.model, classes=d.classes, conf=d.conf,
                    imgsz=d.imgsz if kind == IMAGE else d.video_imgsz)
         opts = asdict(self.image) if kind == IMAGE else {k: v for k, v in asdict(self.video).items() if k != "device"}
         text = json.dumps({"kind": kind, "detector": det, "options": opts}, sort_keys=True, default=str)

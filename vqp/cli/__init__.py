@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_detector_args(p: argparse.ArgumentParser, conf: float = 0.25) -> None:
     """Options shared by every command that runs the detector.
 
-    Commands that drive the ROI map pass ``vqp.roi.ROI_CONF`` as the confidence default: there
-    weak boxes are kept and weighted by confidence rather than dropped.
+    ``--conf`` is what counts as a detection in what vqp reports; commands that steer bits
+    also keep weaker boxes (down to ``vqp.roi.ROI_CONF``) internally, weighted by confidence.
     """
     g = p.add_argument_group("detector")
     g.add_argument("--model", help="model file, folder or name; 'opencv' for the weight-free fallback "
@@ -39,8 +39,11 @@ def add_detector_args(p: argparse.ArgumentParser, conf: float = 0.25) -> None:
     g.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
 
 
-def detector_from_args(args, fast: bool = False):
+def detector_from_args(args, fast: bool = False, steer: bool = False):
+    """The detector the flags ask for; ``steer``: commands that steer bits also get the boxes
+    between ``vqp.roi.ROI_CONF`` and ``--conf`` (they report only those at ``--conf`` and above)."""
     from ..detect import load_detector
+    from ..roi import ROI_CONF
 
     if not 0 <= args.conf <= 1:
         raise VqpError(f"--conf must be between 0 and 1, got {args.conf}")
@@ -49,8 +52,8 @@ def detector_from_args(args, fast: bool = False):
     from ..video.options import check_device
 
     check_device(args.device)  # a missing GPU or a typo: one line, before any model loads
-    return load_detector(args.model, classes=args.classes, conf=args.conf, imgsz=args.imgsz, device=args.device,
-                         fast=fast)
+    conf = min(args.conf, ROI_CONF) if steer else args.conf
+    return load_detector(args.model, classes=args.classes, conf=conf, imgsz=args.imgsz, device=args.device, fast=fast)
 
 
 def take_stdout(buffering: int = -1):

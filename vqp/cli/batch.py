@@ -9,7 +9,6 @@ from collections import Counter
 
 from ..errors import VqpError
 from ..jpeg import BACKGROUND_WEIGHT, check_options
-from ..roi import ROI_CONF
 from . import add_detector_args, add_roi_args, roi_from_args
 from .encode import add_codec_args, add_video_args, options_from_args
 
@@ -46,8 +45,6 @@ def register(sub) -> None:
     add_codec_args(v, quality="--mjpeg-quality")
     v.add_argument("--frames", type=int, metavar="N", help="encode only the first N frames of each video")
     v.add_argument("--compare", action="store_true", help="also encode plainly (not written) to record its size")
-    v.add_argument("--video-conf", type=float, default=ROI_CONF,
-                   help=f"detector threshold on videos (as vqp encode --conf; default {ROI_CONF})")
     v.add_argument("--video-imgsz", type=int, default=DETECT_SIZE,
                    help=f"detector input size on videos (as vqp encode --imgsz; default {DETECT_SIZE})")
     add_video_args(p)
@@ -63,9 +60,8 @@ def settings_from_args(args):
 
     quality, match, target = check_options(args.quality, args.match_quality, args.target_size,
                                            args.background_weight, flags=True)
-    for flag, conf in (("--conf", args.conf), ("--video-conf", args.video_conf)):
-        if not 0 <= conf <= 1:
-            raise VqpError(f"{flag} must be between 0 and 1, got {conf}")
+    if not 0 <= args.conf <= 1:
+        raise VqpError(f"--conf must be between 0 and 1, got {args.conf}")
     for flag, size in (("--imgsz", args.imgsz), ("--video-imgsz", args.video_imgsz)):
         if size < 32:
             raise VqpError(f"{flag} must be at least 32, got {size}")
@@ -82,7 +78,7 @@ def settings_from_args(args):
     if choice.source == FALLBACK and choice.how != "requested":
         logging.getLogger("vqp").warning("vqp: %s; using the weight-free OpenCV detector (people and faces only)",
                                          choice.how)
-    det = DetectorSpec(choice.source, tuple(args.classes) if args.classes else None, args.conf, args.imgsz, args.video_conf,
+    det = DetectorSpec(choice.source, tuple(args.classes) if args.classes else None, args.conf, args.imgsz,
                        args.video_imgsz, args.device)
     return Settings(image, video, det)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import sys
 
-from ..roi import ROI_CONF
 from . import add_detector_args, detector_from_args, take_stdout
 from .encode import add_video_args, options_from_args
 
@@ -18,7 +17,7 @@ def register(sub) -> None:
                         "(default libx264)")
     p.add_argument("--stats", action="store_true", help="print a summary on stderr at the end")
     add_video_args(p)
-    add_detector_args(p, conf=ROI_CONF)
+    add_detector_args(p)
     p.set_defaults(func=run, imgsz=None)  # None: vqp.video.DETECT_SIZE
 
 
@@ -31,7 +30,7 @@ def run(args) -> int:
     validate(o)  # before the detector loads
     ffmpeg_logging(args.verbose)
     out = take_stdout(buffering=1 << 20)
-    det = detector_from_args(args, fast=True) if o.preprocess else None
+    det = detector_from_args(args, fast=True, steer=True) if o.preprocess else None
     try:
         st = filter_y4m(sys.stdin.buffer, out, o, detector=det)
         out.close()

@@ -102,8 +102,7 @@ def run(args) -> int:
     check_options(args.quality, args.match_quality, args.target_size, args.background_weight, flags=True)
     roi = roi_from_args(args)
     pairs = _pairs(Path(args.input), Path(args.output))
-    det = detector_from_args(args)
-    det.conf = min(det.conf, ROI_CONF)  # weak boxes steer; save_jpeg reports only those >= args.conf
+    det = detector_from_args(args, steer=True)  # save_jpeg reports only the boxes >= args.conf
     failed = 0
     folder = Path(args.input).is_dir()
     bar = tqdm(pairs, unit="img", disable=not (len(pairs) > 1 and sys.stderr.isatty()), file=sys.stderr)

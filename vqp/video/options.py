@@ -57,6 +57,7 @@ class VideoOptions:
     # pixel method importance map: requantized blocks need a soft edge around the objects
     importance: RoiConfig = field(default_factory=lambda: RoiConfig(margin=8.0, feather=16.0))
     track: TrackConfig = field(default_factory=TrackConfig)
+    report_conf: float = 0.25       # boxes at or above it count as detections in EncodeStats (weaker ones steer too)
     device: str | None = None       # torch device for the pixel stage (default: the detector's, else cpu)
     measure_plain: bool = False     # also encode the plain stream (not written) to report its bitrate
     match_sample: int = 100         # frames of the clip that the --match-crf search encodes
@@ -133,6 +134,8 @@ def validate(o: VideoOptions) -> None:
         raise VqpError("libx264 ignores ROI offsets with aq-mode 0; use aq-mode 1-3 or method 'pixel'")
     if o.bitrate is not None and o.bitrate <= 0:
         raise VqpError(f"bitrate must be positive, got {o.bitrate}")
+    if not 0 <= o.report_conf <= 1:
+        raise VqpError(f"conf must be between 0 and 1, got {o.report_conf}")
     if sum(x is not None for x in (o.crf, o.bitrate, o.match_crf)) > 1:
         raise VqpError("give at most one of crf, bitrate and match-crf")
     if o.bitrate is not None and codecs.BITRATE not in c.rate:

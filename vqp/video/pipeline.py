@@ -231,7 +231,7 @@ class Pipeline:
             return
         o = self.o
         self.boxes += [(fr.boxes, fr.cover) for fr in frames]
-        self.with_detections += sum(1 for fr in frames if fr.boxes)
+        self.with_detections += sum(any(b.conf >= o.report_conf for b in fr.boxes) for fr in frames)
         if o.uses_roi:
             planned: dict[tuple, list[Region]] = {}
             scale = self.codec.roi_scale(self.depth)
