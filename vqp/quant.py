@@ -156,17 +156,32 @@ def requantize(prep: Prepared, importance: torch.Tensor, tables: torch.Tensor,
     imp_c = F.max_pool2d(imp[:, None], sub)[:, 0] if sub > 1 else imp  # an MCU is as important as its best block
     y = unblockify(idct2(requantize_blocks(prep.coef_y, tables[0], imp, params))) + 128
     c = unblockify(idct2(requantize_blocks(prep.coef_c, tables[1], imp_c, params))) + 128
-    if sub > 1:
-        c = c.repeat_interleave(sub, 2).repeat_interleave(sub, 3)  # the encoder's 2x2 average gives c back
-    keep_y = (imp == 1).repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None]
-    keep_c = (imp_c == 1).repeat_interleave(8 * sub, 1).repeat_interleave(8 * sub, 2)[:, None]
-    ycc = torch.cat([torch.where(keep_y, prep.ycc[:, :1], y), torch.where(keep_c, prep.ycc[:, 1:], c)], 1)
-    out = _mix(YCC2RGB, ycc - OFFSET.to(ycc.device)[None, :, None, None])
-    out = torch.clamp(torch.round(out), 0, 255).to(torch.uint8)[:, :, :h, :w]
-    untouched = (keep_y & keep_c)[:, :, :h, :w]
-    out = torch.where(untouched, rgb, out)
+    hb, wb = imp.shape[1:]
+    keep_y, keep_c = (imp == 1)[:, None], (imp_c == 1)[:, None]
+    # Masks stay on the block grid and broadcast over a (.., rows, 8, cols, 8) view of each plane:
+    # no full-size mask is built. keep_y implies keep_c (an MCU is as important as its best block).
+    y = torch.where(_on_blocks(keep_y, 8), _blocks_view(prep.ycc[:, :1], 8), _blocks_view(y, 8))
+    if sub > 1:  # the encoder's 2x2 average gives c back
+        c = c[:, :, :, None, :, None].expand(-1, -1, -1, sub, -1, sub).reshape(n, 2, hp, wp)
+    c = torch.where(_on_blocks(keep_c, 8 * sub), _blocks_view(prep.ycc[:, 1:], 8 * sub), _blocks_view(c, 8 * sub))
+    ycc = torch.cat([y.reshape(n, 1, hp, wp), c.reshape(n, 2, hp, wp)], 1) - OFFSET.to(y.device)[None, :, None, None]
+    out = torch.clamp(torch.round(_mix(YCC2RGB, ycc)), 0, 255).to(torch.uint8)
+    src = F.pad(rgb, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else rgb
+    out = torch.where(_on_blocks(keep_y, 8), _blocks_view(src, 8), _blocks_view(out, 8)).reshape(n, 3, hp, wp)
     active = imp.flatten(1).amax(1) > 0  # no detection: the frame passes through bit-identical
-    return torch.where(active[:, None, None, None], out, rgb)
+    out = out[:, :, :h, :w]
+    return out if bool(active.all()) else torch.where(active[:, None, None, None], out, rgb)
+
+
+def _blocks_view(x: torch.Tensor, b: int) -> torch.Tensor:
+    """(N, C, H, W) as (N, C, H/b, b, W/b, b) without a copy."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // b, b, w // b, b)
+
+
+def _on_blocks(mask: torch.Tensor, b: int) -> torch.Tensor:
+    """A (N, 1, Hb, Wb) block mask broadcastable against _blocks_view(x, b)."""
+    return mask[:, :, :, None, :, None]
 
 
 def quantize(rgb: torch.Tensor, roi: RoiMap | torch.Tensor, tables: torch.Tensor,
