@@ -18,7 +18,8 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 def register(sub) -> None:
     p = sub.add_parser("image", help="encode images as object-aware JPEG",
                        description=f"Encode images as object-aware JPEG. Boxes down to confidence {ROI_CONF} steer "
-                                   "the quantizer (weighted by confidence); --conf only sets which boxes are reported.")
+                                   "the quantizer (weighted by confidence); boxes at --conf or above are reported and are what "
+                                   "the size search counts as objects (times --priority).")
     p.add_argument("input", help="image file or folder")
     p.add_argument("output", help="output .jpg file, or folder when the input is a folder "
                                   "(a.png -> a.jpg; a.png beside a.jpg -> a.png.jpg)")
