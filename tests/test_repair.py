@@ -191,3 +191,23 @@ def test_unlabelled_images_and_video_frames(tmp_path, samples):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(VqpError):
         load_unlabelled([str(tmp_path / "bad.png")], IMGSZ, 3)
+
+
+def test_repair_follows_the_model_device(tmp_path, capsys):
+    """No CPU pin: the model lands on the device asked for and inputs and targets follow it."""
+    from vqp.repair.finetune import targets
+    from vqp.repair.robustness import device_of, resolve_device, to_tensor
+
+    m, _ = load_model(MODEL, device=torch.device("meta"))  # a device that is not the CPU, available everywhere
+    assert device_of(m).type == "meta" and all(p.device.type == "meta" for p in m.parameters())
+    x = to_tensor([np.zeros((8, 8, 3), np.uint8)], 32, device_of(m))
+    assert x.device.type == "meta" and x.shape == (1, 3, 32, 32)
+    t = targets([Sample("a", np.zeros((8, 8, 3), np.uint8), np.array([[0, 0, 4, 4]], np.float32), np.array([1]))],
+                32, "meta")
+    assert {v.device.type for v in t.values()} == {"meta"}
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(VqpError, match="CUDA"):
+            resolve_device("cuda")
+        assert main(["robustness", str(tmp_path), "--device", "cuda"]) == 2
+        assert "CUDA" in capsys.readouterr().err

@@ -55,13 +55,15 @@ def add_run_args(p) -> None:
     g.add_argument("--codecs", type=_names, help="comma-separated codec degradations: jpeg_low,h264,vqp_background")
     g.add_argument("--severities", type=_ints, help="comma-separated severities 1-5 (default all)")
     g.add_argument("--limit", type=int, help="at most this many images (per half for repair)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: the first GPU where one exists, else the CPU)")
 
 
 def settings_from_args(args):
     from ..repair.pipeline import Settings
 
     kw = {k: v for k, v in (("imgsz", args.imgsz), ("corruptions", args.corruptions), ("held_out", args.held_out),
-                            ("codecs", args.codecs), ("severities", args.severities), ("limit", args.limit))
+                            ("codecs", args.codecs), ("severities", args.severities), ("limit", args.limit),
+                            ("device", args.device))
           if v is not None}
     for k in ("top_k", "steps", "batch", "lr", "seed", "blocks"):
         if getattr(args, k, None) is not None:

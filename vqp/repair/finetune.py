@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..imageio import publish, reserve_temp
-from .robustness import Predictor, Sample, to_tensor
+from .robustness import Predictor, Sample, device_of, to_tensor
 
 
 def criterion(model: torch.nn.Module):
@@ -34,7 +34,7 @@ def criterion(model: torch.nn.Module):
         model.args = saved
 
 
-def targets(labels: Sequence[Sample], imgsz: int) -> dict[str, torch.Tensor]:
+def targets(labels: Sequence[Sample], imgsz: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """An Ultralytics training batch's label part: boxes as xywh normalized to the padded square."""
     idx, cls, boxes = [], [], []
     for i, s in enumerate(labels):
@@ -42,7 +42,8 @@ def targets(labels: Sequence[Sample], imgsz: int) -> dict[str, torch.Tensor]:
         idx.append(torch.full((len(b),), float(i)))
         cls.append(torch.from_numpy(np.asarray(s.cls, np.float32)).reshape(-1))
         boxes.append(torch.cat([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], 1) / imgsz)
-    return {"batch_idx": torch.cat(idx), "cls": torch.cat(cls)[:, None], "bboxes": torch.cat(boxes)}
+    return {"batch_idx": torch.cat(idx).to(device), "cls": torch.cat(cls)[:, None].to(device),
+            "bboxes": torch.cat(boxes).to(device)}
 
 
 def pseudo_labels(model: torch.nn.Module, samples: Sequence[Sample], imgsz: int, conf: float = 0.25) -> list[Sample]:
@@ -85,7 +86,8 @@ def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable,
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()
-        loss = crit(model(to_tensor([s.rgb for s in picks], imgsz)), targets(picks, imgsz))[0].sum()
+        dev = device_of(model)
+        loss = crit(model(to_tensor([s.rgb for s in picks], imgsz, dev)), targets(picks, imgsz, dev))[0].sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -106,7 +108,7 @@ def save_checkpoint(model: torch.nn.Module, source: str | os.PathLike, dest: str
     The source checkpoint supplies the metadata (names, train_args); the file appears atomically.
     """
     ckpt = torch.load(source, map_location="cpu", weights_only=False)
-    ckpt.update(model=copy.deepcopy(model).half(), ema=None, optimizer=None, updates=None,
+    ckpt.update(model=copy.deepcopy(model).to("cpu").half(), ema=None, optimizer=None, updates=None,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(), repair=note)
     tmp = reserve_temp(dest)
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .finetune import criterion, targets
-from .robustness import Sample, to_tensor
+from .robustness import Sample, device_of, to_tensor
 
 
 def _feats(o) -> list[torch.Tensor]:
@@ -44,7 +44,8 @@ def rank_blocks(model: torch.nn.Module, clean: Sequence[np.ndarray], corrupted: 
     was_training = model.training
     model.eval()
     try:
-        xc, xb = to_tensor(clean, imgsz), to_tensor(corrupted, imgsz)
+        dev = device_of(model)
+        xc, xb = to_tensor(clean, imgsz, dev), to_tensor(corrupted, imgsz, dev)
         with torch.no_grad():
             model(xc)
             ref = {k: _flat(v, v) for k, v in acts.items()}
@@ -52,7 +53,7 @@ def rank_blocks(model: torch.nn.Module, clean: Sequence[np.ndarray], corrupted: 
             xb.requires_grad_(True)  # parameters stay untouched; gradients flow to the activations
             preds = model(xb)
             feats = [acts[k] for k in range(len(layers))]
-            loss = criterion(model)(preds, targets(labels, imgsz))[0].sum()
+            loss = criterion(model)(preds, targets(labels, imgsz, dev))[0].sum()
             flat = torch.autograd.grad(loss, [t for ts in feats for t in ts], allow_unused=True)
             grads, pos = [], 0
             for ts in feats:

@@ -41,6 +41,7 @@ class Settings:
     freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
     blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
     seed: int = 0
+    device: str | None = None         # cpu, cuda, cuda:N; default the first GPU where one exists
     extra: Sequence[str] = field(default_factory=tuple)  # unlabelled images, folders or videos
     frame_step: int = 10              # every n-th frame of an extra video
 
@@ -80,7 +81,7 @@ def robustness(data: str | Path, st: Settings, out: str | Path | None = None, mo
                part: str = "all", progress: Callable | None = None) -> dict:
     """Benchmark one detector; with ``out``, write robustness.json and robustness.png there."""
     st.check()
-    model, source = load_model(model_path)
+    model, source = load_model(model_path, st.device)
     samples = split(load_yolo(data, st.imgsz), part)[: st.limit]
     res, _ = benchmark({"model": model}, samples, groups(st), st.severities, st.imgsz, progress=progress)
     r = res["model"]
@@ -156,7 +157,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     step = progress or (lambda *a: None)
-    model, source = load_model(model_path)
+    model, source = load_model(model_path, st.device)
     samples = load_yolo(data, st.imgsz)
     repair_set, eval_set = split(samples, "repair")[: st.limit], split(samples, "eval")[: st.limit]
     train = pseudo_labels(model, repair_set + load_unlabelled(st.extra, st.imgsz, st.frame_step), st.imgsz)

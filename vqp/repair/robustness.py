@@ -77,14 +77,30 @@ def split(samples: Sequence[Sample], part: str) -> list[Sample]:
     return {"all": s, "repair": s[:half], "eval": s[half:]}[part]
 
 
-def load_model(path: str | None = None) -> tuple[torch.nn.Module, str]:
-    """The trainable torch DetectionModel behind a .pt detector (fp32, CPU, eval) and its path."""
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device to run on: the one asked for, else the first GPU where one exists, else the CPU."""
+    from ..video.options import check_device
+
+    if device is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    check_device(str(device))
+    return torch.device(device)
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters live; inputs and targets are built there."""
+    return next(model.parameters()).device
+
+
+def load_model(path: str | None = None, device: str | torch.device | None = None) -> tuple[torch.nn.Module, str]:
+    """The trainable torch DetectionModel behind a .pt detector (fp32, eval, on ``device``) and its path."""
     from ..detect import YoloDetector, load_detector
 
-    det = load_detector(path)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)  # a torch.device is taken as is
+    det = load_detector(path, device="cpu")  # loaded on the CPU, then moved where it will train
     if not isinstance(det, YoloDetector) or not str(det.source).endswith(".pt"):
         raise VqpError(f"robustness and repair need a trainable .pt detector, got {det.source}")
-    model = det.model.model.float().cpu().eval()
+    model = det.model.model.float().to(dev).eval()
     return model, det.source
 
 
@@ -105,7 +121,7 @@ class Predictor:
         self.model.eval()
         out = []
         for i in range(0, len(images), self.batch):
-            x = to_tensor(images[i:i + self.batch], self.imgsz)
+            x = to_tensor(images[i:i + self.batch], self.imgsz, device_of(self.model))
             pred = self.model(x)
             pred = pred[0] if isinstance(pred, (tuple, list)) else pred
             # multi_label as in Ultralytics' validator: a box may count for several classes
@@ -120,15 +136,15 @@ class Predictor:
         return out
 
 
-def to_tensor(images: Sequence[np.ndarray], imgsz: int) -> torch.Tensor:
-    """(N, 3, imgsz, imgsz) float in [0, 1], each image at the top-left, padded with grey 114."""
+def to_tensor(images: Sequence[np.ndarray], imgsz: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(N, 3, imgsz, imgsz) float in [0, 1] on ``device``, each image at the top-left, padded with grey 114."""
     x = np.full((len(images), imgsz, imgsz, 3), 114, np.uint8)
     for j, im in enumerate(images):
         h, w = im.shape[:2]
         if max(h, w) > imgsz:
             raise VqpError(f"image {w}x{h} is larger than imgsz {imgsz}")
         x[j, :h, :w] = im
-    return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    return torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float() / 255
 
 
 def detections(pred: np.ndarray, shape, names: dict[int, str], conf: float = 0.25) -> Detections:
