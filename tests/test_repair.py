@@ -151,10 +151,11 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     out = tmp_path / "rep"
     rc = main(["repair", str(tiny_set), "-o", str(out), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions",
                "gaussian_noise", "--held-out", "spatter", "--codecs", "", "--severities", "3", "--steps", "1",
-               "--batch", "2", "--top-k", "2"])
+               "--batch", "2", "--top-k", "2", "--unlabelled", str(tiny_set / "images"), str(DATA / "kodak" / "kodim01.png"), "--device", "cpu"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert not set(rep["split"]["repair"]) & set(rep["split"]["eval"])
+    assert rep["split"]["unlabelled"] == 1  # the labelled set's own images are left out, Kodak is in
     assert set(rep["results"]) == {"original", "block", "whole"} and len(rep["top_k"]) == 2
     assert rep["tuned_blocks"] == rep["top_k"]
     assert rep["budget"]["trainable_params"]["block"] < rep["budget"]["trainable_params"]["whole"]
@@ -186,6 +187,9 @@ def test_unlabelled_images_and_video_frames(tmp_path, samples):
     got = load_unlabelled([str(tmp_path)], IMGSZ, frame_step=3)
     assert sorted(s.name for s in got) == ["a", "clip#0", "clip#3"]
     assert all(max(s.rgb.shape[:2]) <= IMGSZ and not len(s.cls) for s in got)
+    assert [s.name for s in load_unlabelled([str(tmp_path / "clip.mp4")], IMGSZ, frame_step=1, limit=3)] == \
+        ["clip#0", "clip#2", "clip#5"]  # evenly spaced over every frame
+    assert "a" not in {s.name for s in load_unlabelled([str(tmp_path)], IMGSZ, 3, exclude=["a"])}
     with pytest.raises(VqpError):
         load_unlabelled([str(tmp_path / "missing")], IMGSZ, 3)
     (tmp_path / "bad.png").write_bytes(b"not a png")

@@ -65,7 +65,7 @@ def settings_from_args(args):
                             ("codecs", args.codecs), ("severities", args.severities), ("limit", args.limit),
                             ("device", args.device))
           if v is not None}
-    for k in ("top_k", "steps", "batch", "lr", "seed", "blocks"):
+    for k in ("top_k", "steps", "batch", "lr", "seed", "blocks", "frame_step", "max_unlabelled", "analysis_limit"):
         if getattr(args, k, None) is not None:
             kw[k] = getattr(args, k)
     if getattr(args, "no_compare", False):
@@ -90,7 +90,12 @@ def register(sub) -> None:
     g.add_argument("--batch", type=int, help="images per step (default 8)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
     g.add_argument("--seed", type=int, help="seed for the augmentation stream (default 0)")
-    g.add_argument("--extra", nargs="+", metavar="PATH", help="unlabelled images, folders or videos to add (pseudo-labelled)")
+    g.add_argument("--unlabelled", "--extra", dest="extra", nargs="+", metavar="PATH",
+                   help="images, folders or videos without labels to repair on (labelled by the original model; "
+                        "images of the evaluation half are left out)")
+    g.add_argument("--frame-step", type=int, help="every n-th frame of an unlabelled video (default 10; 1 = every frame)")
+    g.add_argument("--max-unlabelled", type=int, help="keep at most this many unlabelled images, evenly spaced")
+    g.add_argument("--analysis-limit", type=int, help="repair images the failure analysis runs on (default 64)")
     g.add_argument("--no-compare", action="store_true", help="skip the whole-network fine-tuning baseline")
     p.set_defaults(func=run)
 

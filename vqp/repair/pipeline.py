@@ -44,6 +44,8 @@ class Settings:
     device: str | None = None         # cpu, cuda, cuda:N; default the first GPU where one exists
     extra: Sequence[str] = field(default_factory=tuple)  # unlabelled images, folders or videos
     frame_step: int = 10              # every n-th frame of an extra video
+    max_unlabelled: int | None = None  # keep this many unlabelled images, evenly spaced
+    analysis_limit: int = 64          # repair images the failure analysis runs on (seeded sample)
 
     @classmethod
     def quick(cls, **kw) -> "Settings":
@@ -58,7 +60,9 @@ class Settings:
             raise VqpError(f"held-out corruption {sorted(leaked)[0]} cannot be used for repair")
         if self.imgsz % 32 or not 64 <= self.imgsz <= 1280:
             raise VqpError(f"imgsz must be a multiple of 32 between 64 and 1280, got {self.imgsz}")
-        for name, v in (("top-k", self.top_k), ("steps", self.steps), ("batch", self.batch)):
+        for name, v in (("top-k", self.top_k), ("steps", self.steps), ("batch", self.batch),
+                        ("frame-step", self.frame_step), ("max-unlabelled", self.max_unlabelled or 1),
+                        ("analysis-limit", self.analysis_limit)):
             if v < 1:
                 raise VqpError(f"{name} must be at least 1, got {v}")
 
@@ -97,18 +101,24 @@ def robustness(data: str | Path, st: Settings, out: str | Path | None = None, mo
     return report
 
 
-def load_unlabelled(paths: Sequence[str], imgsz: int, frame_step: int) -> list[Sample]:
-    """Images (files or folders) and video frames (every ``frame_step``-th, via PyAV) without labels."""
+def load_unlabelled(paths: Sequence[str], imgsz: int, frame_step: int, limit: int | None = None,
+                    exclude: Sequence[str] = ()) -> list[Sample]:
+    """Images (files or folders) and video frames (every ``frame_step``-th, via PyAV) without labels.
+
+    Images whose name is in ``exclude`` (the evaluation half) are left out, so passing the
+    labelled set's own folder cannot leak evaluation images into the repair. With ``limit``,
+    that many samples are kept, evenly spaced over everything found.
+    """
     from ..imageio import load_image
     from .robustness import IMAGE_EXTS
 
-    out = []
+    out, skip = [], set(exclude)
     for p in map(Path, paths):
         if not p.exists():
             raise VqpError(f"{p}: no such file or folder")
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
-            if f.suffix.lower() in IMAGE_EXTS:
+            if f.suffix.lower() in IMAGE_EXTS and f.stem not in skip:
                 out.append(Sample(f.stem, resize_long(load_image(f).rgb, imgsz)[0]))
             elif f.suffix.lower() in VIDEO_EXTS:
                 import av
@@ -120,7 +130,14 @@ def load_unlabelled(paths: Sequence[str], imgsz: int, frame_step: int) -> list[S
                                 out.append(Sample(f"{f.stem}#{i}", resize_long(fr.to_ndarray(format="rgb24"), imgsz)[0]))
                 except av.error.FFmpegError as e:
                     raise VqpError(f"{f}: cannot decode video ({e})") from None
+    if limit is not None and len(out) > limit:
+        out = [out[i] for i in np.linspace(0, len(out) - 1, limit).round().astype(int)]
     return out
+
+
+def unlabelled_set(model, paths: Sequence[str], st: Settings, exclude: Sequence[str] = ()) -> list[Sample]:
+    """Repair data without labels: clean images and frames labelled by the original model's own boxes."""
+    return pseudo_labels(model, load_unlabelled(paths, st.imgsz, st.frame_step, st.max_unlabelled, exclude), st.imgsz)
 
 
 def save_failures(failures: Sequence, folder: Path) -> None:
@@ -160,16 +177,18 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     model, source = load_model(model_path, st.device)
     samples = load_yolo(data, st.imgsz)
     repair_set, eval_set = split(samples, "repair")[: st.limit], split(samples, "eval")[: st.limit]
-    train = pseudo_labels(model, repair_set + load_unlabelled(st.extra, st.imgsz, st.frame_step), st.imgsz)
+    labelled = {s.name for s in samples}  # the evaluation half must not leak in, the repair half is in already
+    train = pseudo_labels(model, repair_set, st.imgsz) + unlabelled_set(model, st.extra, st, labelled)
+    rng = np.random.default_rng(st.seed)
+    probe = [train[i] for i in sorted(rng.choice(len(train), min(len(train), st.analysis_limit), replace=False))]
 
-    # 1. failure analysis on the repair images, against the model's own clean detections
-    fa, failures = benchmark({"original": model}, train, {"common": st.corruptions}, st.severities, st.imgsz,
+    # 1. failure analysis on (a sample of) the repair images, against the model's own clean detections
+    fa, failures = benchmark({"original": model}, probe, {"common": st.corruptions}, st.severities, st.imgsz,
                              keep_failures=32, progress=lambda *a: step("failure analysis", *a))
     policy = Policy.from_failures(fa["original"]["clean_map"], fa["original"]["common"], failures)
 
     # 2. localization on clean/corrupted pairs drawn like the repair data
-    rng = np.random.default_rng(st.seed)
-    pairs = train[: min(len(train), 16)]
+    pairs = probe[:16]
     corrupted = [degrade(s.rgb, *policy.choices[rng.choice(len(policy.choices), p=policy.weights)], seed=i)
                  for i, s in enumerate(pairs)]
     step("localization", 0, 1, "")
@@ -203,7 +222,8 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
         "severities": list(st.severities), "corruptions": list(st.corruptions), "held_out": list(st.held_out),
         "codecs": list(st.codecs),
         "split": {"repair": [s.name for s in repair_set], "eval": [s.name for s in eval_set],
-                  "unlabelled": len(train) - len(repair_set)},
+                  "unlabelled": len(train) - len(repair_set), "unlabelled_sources": list(st.extra),
+                  "failure_analysis_images": len(probe)},
         "budget": {**kw, "trainable_params": {k: int(sum(p.numel() for i in (chosen if k == "block" else range(len(m.model)))
                                                           for p in m.model[i].parameters())) for k, m in tuned.items()}},
         "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
