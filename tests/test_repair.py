@@ -94,6 +94,28 @@ def test_policy_follows_failures_and_fda_keeps_layout():
     assert {tuple(f.boxes[0]) for f in flips} == {(10, 5, 30, 20), (50, 5, 70, 20)}
 
 
+def test_clusters_count_and_sampling_follows_failure_mass(model, samples):
+    from vqp.repair.cluster import describe, embed, kmeans
+    from vqp.repair.robustness import Failure
+
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(c, 0.1, (5, 4)) for c in (0.0, 5.0, 10.0)])
+    labels = kmeans(blobs, 3)
+    assert len(set(labels)) == 3 and all(len(set(labels[i:i + 5])) == 1 for i in (0, 5, 10))
+    assert len(set(kmeans(blobs[:2], 5))) == 2  # never more clusters than samples
+    emb = embed(model, [s.rgb for s in samples[:3]], IMGSZ)
+    assert emb.shape[0] == 3 and np.isfinite(emb).all()
+    img = np.zeros((8, 8, 3), np.uint8)
+    fails = [Failure("a", "fog", 3, 6, img), Failure("b", "fog", 3, 3, img), Failure("c", "gaussian_noise", 5, 1, img)]
+    lab = np.array([0, 0, 1])
+    p = Policy.from_failures(0.5, {"fog": {3: 0.4}}, fails, lab)
+    assert p.group_weights == pytest.approx([0.9, 0.1])
+    picks = np.array([p.pick(rng) for _ in range(4000)])
+    assert (picks == 2).mean() == pytest.approx(0.1, abs=0.02)  # cluster share = its share of the objects lost
+    rows = describe(fails, lab)
+    assert [r["missed"] for r in rows] == [9, 1] and rows[0]["degradations"] == {"fog s3": 2}
+
+
 def test_block_ranking_covers_all_blocks(model, samples):
     clean = [s.rgb for s in samples[:2]]
     bad = [C.degrade(x, "gaussian_noise", 5) for x in clean]
@@ -161,7 +183,10 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     assert rep["budget"]["trainable_params"]["block"] < rep["budget"]["trainable_params"]["whole"]
     assert {"mpc_common", "rpc_common", "mpc_held_out", "clean_map"} <= set(rep["results"]["block"])
     assert (out / "heatmap.png").exists() and (out / "blocks.png").exists()
-    assert len(list((out / "failures").glob("*.png"))) == len(rep["failure_analysis"]["samples"])
+    assert len(list((out / "failures").glob("*.png"))) == len({tuple(f.values()) for f in rep["failure_analysis"]["samples"]})
+    cl = rep["failure_analysis"]["clusters"]
+    assert cl and sum(c["size"] for c in cl) == len(rep["failure_analysis"]["samples"])
+    assert all((out / c["thumbnails"]).stat().st_size > 100 for c in cl)
     capsys.readouterr()
     assert main(["image", str(tiny_set / "images" / "000000000009.jpg"), str(tmp_path / "o.jpg"),
                  "--model", str(out / "repaired.pt"), "--json"]) == 0

@@ -65,7 +65,8 @@ def settings_from_args(args):
                             ("codecs", args.codecs), ("severities", args.severities), ("limit", args.limit),
                             ("device", args.device))
           if v is not None}
-    for k in ("top_k", "steps", "batch", "lr", "seed", "blocks", "frame_step", "max_unlabelled", "analysis_limit"):
+    for k in ("top_k", "steps", "batch", "lr", "seed", "blocks", "frame_step", "max_unlabelled", "analysis_limit",
+              "clusters"):
         if getattr(args, k, None) is not None:
             kw[k] = getattr(args, k)
     if getattr(args, "no_compare", False):
@@ -80,7 +81,8 @@ def settings_from_args(args):
 def register(sub) -> None:
     p = sub.add_parser("repair", help="harden the detector against corruptions (writes a repaired checkpoint)")
     p.add_argument("data", nargs="?", default=str(DEFAULT_DATA), help="YOLO-format set (default: ../shared/data/coco)")
-    p.add_argument("-o", "--out", required=True, help="output folder: repaired.pt, report.json, heatmap.png, blocks.png, failures/")
+    p.add_argument("-o", "--out", required=True, help="output folder: repaired.pt, report.json, heatmap.png, blocks.png, "
+                                                "failures/, clusters/")
     p.add_argument("--model", help="trainable .pt detector to repair (default: the vqp default model)")
     add_run_args(p)
     g = p.add_argument_group("repair")
@@ -96,6 +98,7 @@ def register(sub) -> None:
     g.add_argument("--frame-step", type=int, help="every n-th frame of an unlabelled video (default 10; 1 = every frame)")
     g.add_argument("--max-unlabelled", type=int, help="keep at most this many unlabelled images, evenly spaced")
     g.add_argument("--analysis-limit", type=int, help="repair images the failure analysis runs on (default 64)")
+    g.add_argument("--clusters", type=int, help="failure clusters to draw augmentations from (default 4)")
     g.add_argument("--no-compare", action="store_true", help="skip the whole-network fine-tuning baseline")
     p.set_defaults(func=run)
 

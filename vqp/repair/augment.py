@@ -4,11 +4,12 @@ Each training sample is drawn as one of three kinds:
 - clean, so the repair does not forget the clean distribution;
 - degraded by a (corruption, severity) drawn with probability proportional to the mAP the
   detector lost there in the failure analysis (plus a small floor so nothing is never seen);
-- restyled after a failure sample: the low-frequency Fourier amplitude of a degraded image on
-  which the detector missed objects is transferred onto the clean image (Fourier domain
-  adaptation, Yang and Soatto 2020). This carries global style such as colour cast, contrast,
-  haze and brightness; it cannot carry high-frequency damage such as noise, which the
-  corruption branch covers.
+- after a failure cluster (DeepRepair): a cluster of failure samples (see cluster.py) is drawn
+  in proportion to its failure mass (objects lost), then one of its members; the clean image
+  either takes that member's style, the low-frequency Fourier amplitude of the degraded image
+  (Fourier domain adaptation, Yang and Soatto 2020: colour cast, contrast, haze, brightness),
+  or is degraded afresh by the member's own (corruption, severity), which carries the
+  high-frequency damage such as noise that a style transfer cannot.
 Horizontal flips (boxes flipped too) are applied to every kind.
 """
 from __future__ import annotations
@@ -44,18 +45,34 @@ class Policy:
 
     choices: list[tuple[str, int]]
     weights: np.ndarray
-    styles: list[np.ndarray] = field(default_factory=list)
+    styles: list[np.ndarray] = field(default_factory=list)          # failure images
+    recipes: list[tuple[str, int]] = field(default_factory=list)    # their (corruption, severity)
+    groups: list[np.ndarray] = field(default_factory=list)          # failure indices per cluster
+    group_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # each cluster's failure mass share
     p_clean: float = 0.2
-    p_style: float = 0.2
+    p_style: float = 0.3
     beta: float = 0.05
 
     @classmethod
     def from_failures(cls, clean: float, cells: dict[str, dict[int, float]], failures: Sequence[Failure] = (),
-                      floor: float = 0.02, **kw) -> "Policy":
-        """Weights proportional to the relative mAP drop of each cell of the failure analysis."""
+                      labels: Sequence[int] | None = None, floor: float = 0.02, **kw) -> "Policy":
+        """Corruption weights proportional to the relative mAP drop of each cell of the failure
+        analysis; failure clusters (``labels``, one per failure; default one cluster) weighted by
+        the objects their members lost."""
         choices = [(c, s) for c, sev in cells.items() for s in sev]
         drop = np.array([max(clean - cells[c][s], 0.0) / max(clean, 1e-9) + floor for c, s in choices])
-        return cls(choices, drop / drop.sum(), [f.rgb for f in failures if f.rgb is not None], **kw)
+        keep = [i for i, f in enumerate(failures) if f.rgb is not None]
+        labels = np.zeros(len(failures), np.int64) if labels is None else np.asarray(labels)
+        groups = [np.array([j for j, i in enumerate(keep) if labels[i] == c]) for c in sorted(set(labels[keep].tolist()))]
+        mass = np.array([sum(failures[keep[j]].missed for j in g) for g in groups], float)
+        return cls(choices, drop / drop.sum(), [failures[i].rgb for i in keep],
+                   [(failures[i].corruption, failures[i].severity) for i in keep], groups,
+                   mass / mass.sum() if mass.sum() else mass, **kw)
+
+    def pick(self, rng: np.random.Generator) -> int:
+        """A failure sample: its cluster drawn by failure mass, then a member uniformly."""
+        g = self.groups[rng.choice(len(self.groups), p=self.group_weights)]
+        return int(g[rng.integers(len(g))])
 
     def describe(self) -> list[dict]:
         return [{"corruption": c, "severity": s, "weight": round(float(w), 4)}
@@ -67,7 +84,11 @@ class Policy:
             c, sev = self.choices[rng.choice(len(self.choices), p=self.weights)]
             rgb = degrade(rgb, c, sev, seed=int(rng.integers(2**31)))
         elif u >= self.p_clean:
-            rgb = fda(rgb, self.styles[rng.integers(len(self.styles))], self.beta)
+            j = self.pick(rng)
+            if rng.random() < 0.5:
+                rgb = fda(rgb, self.styles[j], self.beta)
+            else:
+                rgb = degrade(rgb, *self.recipes[j], seed=int(rng.integers(2**31)))
         boxes = s.boxes
         if rng.random() < 0.5:
             w = rgb.shape[1]

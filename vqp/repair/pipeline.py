@@ -14,10 +14,11 @@ import numpy as np
 
 from ..errors import VqpError
 from .augment import Policy
+from .cluster import describe, embed, kmeans
 from .corruptions import CODECS, COMMON, HELD_OUT, QUICK, SEVERITIES, check, degrade
 from .finetune import finetune, pseudo_labels, save_checkpoint
 from .localize import rank_blocks, top_k
-from .report import block_plot, heatmap, table, write_json
+from .report import block_plot, contact_sheet, heatmap, table, write_json
 from .robustness import Sample, benchmark, load_model, load_yolo, resize_long, split
 
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".y4m"}
@@ -46,6 +47,8 @@ class Settings:
     frame_step: int = 10              # every n-th frame of an extra video
     max_unlabelled: int | None = None  # keep this many unlabelled images, evenly spaced
     analysis_limit: int = 64          # repair images the failure analysis runs on (seeded sample)
+    failures: int = 128               # failure samples kept (the worst) for clustering and style
+    clusters: int = 4                 # failure clusters (k-means on style statistics)
 
     @classmethod
     def quick(cls, **kw) -> "Settings":
@@ -62,7 +65,8 @@ class Settings:
             raise VqpError(f"imgsz must be a multiple of 32 between 64 and 1280, got {self.imgsz}")
         for name, v in (("top-k", self.top_k), ("steps", self.steps), ("batch", self.batch),
                         ("frame-step", self.frame_step), ("max-unlabelled", self.max_unlabelled or 1),
-                        ("analysis-limit", self.analysis_limit)):
+                        ("analysis-limit", self.analysis_limit),
+                        ("clusters", self.clusters), ("failures", self.failures)):
             if v < 1:
                 raise VqpError(f"{name} must be at least 1, got {v}")
 
@@ -184,8 +188,15 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
 
     # 1. failure analysis on (a sample of) the repair images, against the model's own clean detections
     fa, failures = benchmark({"original": model}, probe, {"common": st.corruptions}, st.severities, st.imgsz,
-                             keep_failures=32, progress=lambda *a: step("failure analysis", *a))
-    policy = Policy.from_failures(fa["original"]["clean_map"], fa["original"]["common"], failures)
+                             keep_failures=st.failures, progress=lambda *a: step("failure analysis", *a))
+    labels = kmeans(embed(model, [f.rgb for f in failures], st.imgsz), st.clusters, st.seed)
+    policy = Policy.from_failures(fa["original"]["clean_map"], fa["original"]["common"], failures, labels)
+    found = describe(failures, labels)
+    (out / "clusters").mkdir(exist_ok=True)
+    for g in found:
+        g["thumbnails"] = f"clusters/cluster_{g['cluster']}.png"
+        top = sorted(g.pop("members"), key=lambda i: -failures[i].missed)[:6]
+        contact_sheet([failures[i].rgb for i in top], out / g["thumbnails"])
 
     # 2. localization on clean/corrupted pairs drawn like the repair data
     pairs = probe[:16]
@@ -228,6 +239,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
                                                           for p in m.model[i].parameters())) for k, m in tuned.items()}},
         "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
                              "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
+                             "clusters": found,
                              "samples": [{"image": f.name, "corruption": f.corruption, "severity": f.severity,
                                           "missed": f.missed} for f in failures]},
         "blocks": blocks, "top_k": top_k(blocks, st.top_k), "tuned_blocks": chosen, "losses": losses,

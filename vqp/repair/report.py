@@ -82,3 +82,18 @@ def block_plot(rows: list[dict], path: str | Path, k: int = 3) -> None:
 
 def write_json(obj, path: str | Path) -> None:
     write_atomic(path, (json.dumps(obj, indent=1, default=float) + "\n").encode())
+
+
+def contact_sheet(images, path: str | Path, size: int = 128, cols: int = 3) -> None:
+    """Thumbnails of ``images`` (RGB arrays) in a grid, as one PNG (the examples of a failure cluster)."""
+    from PIL import Image
+
+    rows = math.ceil(len(images) / cols)
+    sheet = Image.new("RGB", (cols * size, rows * size), (255, 255, 255))
+    for i, rgb in enumerate(images):
+        im = Image.fromarray(rgb)
+        im.thumbnail((size, size))
+        sheet.paste(im, ((i % cols) * size, (i // cols) * size))
+    buf = io.BytesIO()
+    sheet.save(buf, "PNG")
+    write_atomic(path, buf.getvalue())
