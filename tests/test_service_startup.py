@@ -98,3 +98,18 @@ def test_job_folder_of_another_user_says_how_to_fix_it():
     assert msg.startswith(f"cannot write the job store in {top / 'data' / 'jobs'}: permission denied for "
                           "user id 10001 (the folder is owned by user id 0)"), msg
     assert "chown -R 10001" in msg and "docker run --user 0" in msg and "\n" not in msg
+
+
+def test_settings_take_units_and_name_a_bad_value(monkeypatch):
+    from vqp.errors import VqpError
+
+    monkeypatch.setenv("VQP_JOBS_QUOTA", "2GiB")
+    monkeypatch.setenv("VQP_JOB_TTL", "12h")
+    s = Settings.from_env(max_batch=4, jobs_dir="elsewhere")
+    assert (s.jobs_quota, s.job_ttl, s.max_batch, s.jobs_dir) == (2 << 30, 43200, 4, Path("elsewhere"))
+    monkeypatch.setenv("VQP_JOBS_QUOTA", "lots")
+    with pytest.raises(VqpError, match=r"^VQP_JOBS_QUOTA='lots': not a size such as"):
+        Settings.from_env()
+    monkeypatch.delenv("VQP_JOBS_QUOTA")
+    with pytest.raises(VqpError, match=r"^--timeout 0: Input should be greater than 0$"):
+        Settings.from_env(timeout_s=0)

@@ -16,25 +16,28 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="run the HTTP service (image and detect endpoints, video jobs)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    g = p.add_argument_group("service (defaults from VQP_* environment variables, see vqp/service/settings.py)")
+    g = p.add_argument_group("service (each also read from VQP_<NAME>, e.g. VQP_MAX_BATCH; see "
+                             "vqp/service/settings.py)")
     g.add_argument("--max-batch", type=int, help="detector batch limit; 1 turns micro-batching off (default 8)")
     g.add_argument("--max-wait-ms", type=float, help="how long a batch waits for more requests (default 5)")
     g.add_argument("--queue-size", type=int, help="image requests waiting for decoding, and frames waiting for the "
                    "detector, before 503 (default 64)")
     g.add_argument("--jpeg-queue", type=int, help="JPEG encodes waiting for a worker before 503 (default 8)")
-    g.add_argument("--max-image-bytes", type=int, help="image request body limit (default 32 MiB)")
-    g.add_argument("--max-video-bytes", type=int, help="video upload limit (default 1 GiB)")
+    g.add_argument("--max-image-bytes", metavar="SIZE", help="image request body limit, e.g. 32MiB (default 32 MiB)")
+    g.add_argument("--max-video-bytes", metavar="SIZE", help="video upload limit (default 1 GiB)")
     g.add_argument("--max-pixels", type=int, help="decoded image pixel limit (default 50,000,000)")
-    g.add_argument("--timeout", dest="timeout_s", type=float,
+    g.add_argument("--timeout", dest="timeout_s", metavar="SECONDS",
                    help="an image request expected to wait longer than this many seconds to start is refused at "
                         "once with 503 (default 60; a client sets its own deadline with ?timeout=, answered 504)")
-    g.add_argument("--encode-workers", type=int, help="threads decoding, and threads encoding JPEG (default: CPU count)")
+    g.add_argument("--encode-workers", type=int,
+                   help="threads decoding, and threads encoding JPEG (default: CPU count)")
     g.add_argument("--jobs-dir", help="folder of the job database and files (default ./vqp-jobs)")
     g.add_argument("--max-jobs", type=int, help="queued plus running jobs before 503 (default 16)")
     g.add_argument("--job-workers", type=int, help="video jobs encoded at the same time (default 1)")
-    g.add_argument("--job-ttl", type=float, help="seconds a finished or failed job is kept (default 86400)")
-    g.add_argument("--jobs-quota", type=int, help="bytes the jobs folder may hold before uploads get 507 "
-                   "(default 20 GiB; 0: none)")
+    g.add_argument("--job-ttl", metavar="TIME", help="how long a finished or failed job is kept, e.g. 3600, 90m, "
+                   "24h or 7d (default 24h)")
+    g.add_argument("--jobs-quota", metavar="SIZE", help="bytes the jobs folder may hold before uploads get 507, "
+                   "e.g. 500M or 20GiB (default 20 GiB; 0: none)")
     add_detector_args(p)
     p.set_defaults(func=run, conf=None, imgsz=None)
 

@@ -123,10 +123,12 @@ class Stage:
         start = time.perf_counter()
         future = asyncio.get_running_loop().run_in_executor(self.pool, partial(fn, *args, **kw))
 
-        def done(_):
+        def done(f):
             sem.release()
             self.mean.add(time.perf_counter() - start)
             ticket.finish()
+            if not f.cancelled():
+                f.exception()  # retrieved: the error of a request that gave up is not logged as lost
 
         future.add_done_callback(done)
         return await asyncio.shield(future)
