@@ -1,4 +1,5 @@
 """Robustness benchmark and repair: metric arithmetic, degradations, block ranking, frozen blocks, CLI."""
+import copy
 import json
 
 import numpy as np
@@ -178,7 +179,8 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert not set(rep["split"]["repair"]) & set(rep["split"]["eval"])
     assert rep["split"]["unlabelled"] == 1  # the labelled set's own images are left out, Kodak is in
-    assert set(rep["results"]) == {"original", "block", "whole"} and len(rep["top_k"]) == 2
+    assert set(rep["results"]) == {"original", "block", "search", "whole"} and len(rep["top_k"]) == 2
+    assert rep["saved"] == "search" and {a["chosen"] for a in rep["architecture"]} <= {"original", "bn", "se", "conv1x1"}
     assert rep["tuned_blocks"] == rep["top_k"]
     assert rep["budget"]["trainable_params"]["block"] < rep["budget"]["trainable_params"]["whole"]
     assert {"mpc_common", "rpc_common", "mpc_held_out", "clean_map"} <= set(rep["results"]["block"])
@@ -191,6 +193,8 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     assert main(["image", str(tiny_set / "images" / "000000000009.jpg"), str(tmp_path / "o.jpg"),
                  "--model", str(out / "repaired.pt"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["detections"]
+    assert main(["detect", str(tiny_set / "images" / "000000000009.jpg"), "--model", str(out / "repaired.pt"),
+                 "--imgsz", str(IMGSZ)]) == 0 and capsys.readouterr().out.strip()
 
 
 def test_unlabelled_images_and_video_frames(tmp_path, samples):
@@ -240,3 +244,47 @@ def test_repair_follows_the_model_device(tmp_path, capsys):
             resolve_device("cuda")
         assert main(["robustness", str(tmp_path), "--device", "cuda"]) == 2
         assert "CUDA" in capsys.readouterr().err
+
+
+def test_relaxed_block_matches_original_and_discretised_checkpoint_loads(model, samples, tmp_path, bus_path, capsys):
+    from ultralytics import YOLO
+
+    from vqp.repair.archsearch import CANDIDATES, Relaxed, discretise, output_stats, relax, search
+    from vqp.repair.robustness import to_tensor
+
+    x = to_tensor([s.rgb for s in samples[:2]], IMGSZ)
+    with torch.no_grad():
+        ref = model(x)[0]
+    m = relax(copy.deepcopy(model), output_stats(model, [s.rgb for s in samples[:2]], IMGSZ, [2, 6]))
+    blocks = [b for b in m.model if isinstance(b, Relaxed)]
+    assert len(blocks) == 2 and blocks[0].names == list(CANDIDATES)
+    with torch.no_grad():
+        for b in blocks:
+            b.alpha.copy_(torch.tensor([0.0, -1e9, -1e9, -1e9]))  # the original's weight is 1
+        assert torch.equal(m(x)[0], ref)
+        for b in blocks:  # every tail starts at (nearly) the identity, so the mixture starts near the original
+            b.alpha.zero_()
+        assert torch.allclose(m(x)[0], ref, rtol=0.05, atol=0.5)
+        blocks[0].alpha.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))   # se wins on block 2
+        blocks[1].alpha.copy_(torch.tensor([0.0, 0.0, 0.0, 5.0]))   # conv1x1 wins on block 6
+    assert [c["chosen"] for c in discretise(m)] == ["se", "conv1x1"]
+    assert not any(isinstance(b, Relaxed) for b in m.model)
+    dest = tmp_path / "searched.pt"
+    save_checkpoint(m, MODEL, dest, {"search": True})
+    import zipfile
+
+    with zipfile.ZipFile(dest) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert b"vqp.repair" not in pkl  # plain torch and Ultralytics classes only: no vqp needed to load it
+    plain, orig = YOLO(str(dest)), YOLO(MODEL)
+    a, b = (y.predict(str(bus_path), imgsz=IMGSZ, device="cpu", verbose=False)[0] for y in (plain, orig))
+    assert a.orig_shape == b.orig_shape and a.boxes.data.shape[1] == b.boxes.data.shape[1] == 6
+    assert len(a.boxes) and a.names == b.names
+    capsys.readouterr()
+    assert main(["detect", str(bus_path), "--model", str(dest), "--imgsz", str(IMGSZ)]) == 0
+    assert "person" in capsys.readouterr().out
+    train = pseudo_labels(model, samples, IMGSZ)
+    tuned, losses, chosen = search(model, train, Policy.from_failures(0.5, {"fog": {1: 0.3}}), blocks=[2, 23],
+                                   steps=2, imgsz=IMGSZ, batch=2)
+    assert len(losses) == 2 and [c["block"] for c in chosen] == [2]  # the Detect head is tuned, not relaxed
+    assert sum(chosen[0]["weights"].values()) == pytest.approx(1.0, abs=1e-3)

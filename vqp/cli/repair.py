@@ -71,6 +71,8 @@ def settings_from_args(args):
             kw[k] = getattr(args, k)
     if getattr(args, "no_compare", False):
         kw["compare"] = False
+    if getattr(args, "no_search", False):
+        kw["search"] = False
     if getattr(args, "extra", None):
         kw["extra"] = args.extra
     if kw.get("limit") is not None and kw["limit"] < 1:
@@ -100,6 +102,8 @@ def register(sub) -> None:
     g.add_argument("--analysis-limit", type=int, help="repair images the failure analysis runs on (default 64)")
     g.add_argument("--clusters", type=int, help="failure clusters to draw augmentations from (default 4)")
     g.add_argument("--no-compare", action="store_true", help="skip the whole-network fine-tuning baseline")
+    g.add_argument("--no-search", action="store_true",
+                   help="skip the relaxed block search (then repaired.pt is the top-k fine-tuning)")
     p.set_defaults(func=run)
 
 
@@ -111,7 +115,8 @@ def run(args) -> int:
         raise VqpError(f"{out}: exists and is not a folder")
     with progress_bar("repair") as bar:
         rep = repair(args.data, out, settings_from_args(args), args.model, bar)
-    print(json.dumps({"checkpoint": rep["checkpoint"], "top_k": rep["top_k"], "tuned_blocks": rep["tuned_blocks"],
+    print(json.dumps({"checkpoint": rep["checkpoint"], "saved": rep["saved"], "architecture": rep["architecture"],
+                      "top_k": rep["top_k"], "tuned_blocks": rep["tuned_blocks"],
                       "results": {m: {k: v for k, v in r.items() if k != "cells"} for m, r in rep["results"].items()},
                       "delta": rep["delta"]}, indent=1))
     return 0

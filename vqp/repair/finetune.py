@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import math
 import os
 from dataclasses import replace
 from typing import Callable, Sequence
@@ -53,26 +54,19 @@ def pseudo_labels(model: torch.nn.Module, samples: Sequence[Sample], imgsz: int,
             for p, s in zip(preds, samples)]
 
 
-def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, *, blocks: Sequence[int] | None,
-             steps: int, imgsz: int, batch: int = 8, lr: float = 1e-4, seed: int = 0, freeze_bn: bool = True,
-             progress: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
-    """Fine-tune a copy of ``model``: only ``blocks`` (indices into model.model), or all when None.
+def fit(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, trainable: set[int],
+        groups: list[dict], *, steps: int, imgsz: int, batch: int = 8, seed: int = 0, freeze_bn: bool = True,
+        progress: Callable | None = None) -> list[float]:
+    """Train ``model`` in place: AdamW over ``groups`` (torch parameter groups, each with its lr),
+    cosine decay to a tenth, seeded batches; blocks outside ``trainable`` stay in eval mode.
 
-    ``augment(sample, rng) -> sample`` degrades a training sample (see augment.Policy). With
-    ``freeze_bn`` every BatchNorm keeps its running statistics (its scale and shift still
-    train): batches of 8 mixed clean/degraded images give poor statistics, and in a first run
-    with batch statistics the whole-network variant started at a 40% higher loss and lost 2.9
-    points of clean mAP. Returns the tuned copy (eval mode) and the loss per step.
+    Every caller with the same seed, steps and batch sees the same images in the same order.
+    Returns the loss per step.
     """
-    model = copy.deepcopy(model).float()
     layers = model.model
-    trainable = set(range(len(layers))) if blocks is None else set(blocks)
-    for k, layer in enumerate(layers):
-        for name, p in layer.named_parameters():
-            p.requires_grad_(k in trainable and not name.startswith("dfl"))  # DFL is a fixed projection
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.1)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.1 + 0.9 * (1 + math.cos(math.pi * t / steps)) / 2)
     crit = criterion(model)
     rng = np.random.default_rng(seed)
     losses = []
@@ -99,6 +93,33 @@ def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable,
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    return losses
+
+
+def trainable_params(model: torch.nn.Module, blocks: set[int]) -> list[torch.nn.Parameter]:
+    """Switch gradients on for the parameters of ``blocks`` only (never the fixed DFL projection)."""
+    for k, layer in enumerate(model.model):
+        for name, p in layer.named_parameters():
+            p.requires_grad_(k in blocks and not name.startswith("dfl"))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, *, blocks: Sequence[int] | None,
+             steps: int, imgsz: int, batch: int = 8, lr: float = 1e-4, seed: int = 0, freeze_bn: bool = True,
+             progress: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
+    """Fine-tune a copy of ``model``: only ``blocks`` (indices into model.model), or all when None.
+
+    ``augment(sample, rng) -> sample`` degrades a training sample (see augment.Policy). With
+    ``freeze_bn`` every BatchNorm keeps its running statistics (its scale and shift still
+    train): batches of 8 mixed clean/degraded images give poor statistics, and in a first run
+    with batch statistics the whole-network variant started at a 40% higher loss and lost 2.9
+    points of clean mAP. Returns the tuned copy (eval mode) and the loss per step.
+    """
+    model = copy.deepcopy(model).float()
+    trainable = set(range(len(model.model))) if blocks is None else set(blocks)
+    groups = [{"params": trainable_params(model, trainable), "lr": lr}]
+    losses = fit(model, train, augment, trainable, groups, steps=steps, imgsz=imgsz, batch=batch, seed=seed,
+                 freeze_bn=freeze_bn, progress=progress)
     return model, losses
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import VqpError
+from .archsearch import search
 from .augment import Policy
 from .cluster import describe, embed, kmeans
 from .corruptions import CODECS, COMMON, HELD_OUT, QUICK, SEVERITIES, check, degrade
@@ -39,6 +40,7 @@ class Settings:
     batch: int = 8
     lr: float = 1e-4
     compare: bool = True              # also fine-tune the whole network at the same budget
+    search: bool = True               # ArchRepair relaxed block search on the top-k (the saved checkpoint)
     freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
     blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
     seed: int = 0
@@ -218,6 +220,9 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     tuned, losses = {}, {}
     tuned["block"], losses["block"] = finetune(model, train, policy, blocks=chosen,
                                                progress=lambda *a: step("repair top-k", *a), **kw)
+    if st.search:
+        tuned["search"], losses["search"], arch = search(model, train, policy, blocks=chosen,
+                                                         progress=lambda *a: step("block search", *a), **kw)
     if st.compare:
         tuned["whole"], losses["whole"] = finetune(model, train, policy, blocks=None,
                                                    progress=lambda *a: step("whole network", *a), **kw)
@@ -225,8 +230,10 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     # 4. evaluation on held-out images only
     ev, _ = benchmark({"original": model, **tuned}, eval_set, groups(st), st.severities, st.imgsz,
                       progress=lambda *a: step("evaluation", *a))
-    note = {"method": "vqp repair: top-k block fine-tuning", "blocks": chosen, "source": source}
-    save_checkpoint(tuned["block"], source, out / "repaired.pt", note)
+    best = "search" if st.search else "block"
+    note = {"method": f"vqp repair: top-k block {'search' if st.search else 'fine-tuning'}", "blocks": chosen,
+            "source": source, "architecture": arch if st.search else []}
+    save_checkpoint(tuned[best], source, out / "repaired.pt", note)
     names = dict(model.names)
     report = {
         "model": source, "checkpoint": str(out / "repaired.pt"), "data": str(data), "imgsz": st.imgsz,
@@ -235,7 +242,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
         "split": {"repair": [s.name for s in repair_set], "eval": [s.name for s in eval_set],
                   "unlabelled": len(train) - len(repair_set), "unlabelled_sources": list(st.extra),
                   "failure_analysis_images": len(probe)},
-        "budget": {**kw, "trainable_params": {k: int(sum(p.numel() for i in (chosen if k == "block" else range(len(m.model)))
+        "budget": {**kw, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
                                                           for p in m.model[i].parameters())) for k, m in tuned.items()}},
         "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
                              "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
@@ -243,6 +250,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
                              "samples": [{"image": f.name, "corruption": f.corruption, "severity": f.severity,
                                           "missed": f.missed} for f in failures]},
         "blocks": blocks, "top_k": top_k(blocks, st.top_k), "tuned_blocks": chosen, "losses": losses,
+        "saved": best, "architecture": note["architecture"],
         "results": {m: {**summary(r), "cells": {g: r[g] for g in groups(st)}} for m, r in ev.items()},
     }
     report["delta"] = {m: {k: round(v - report["results"]["original"][k], 4) for k, v in summary(ev[m]).items()}
