@@ -113,3 +113,29 @@ def test_settings_take_units_and_name_a_bad_value(monkeypatch):
     monkeypatch.delenv("VQP_JOBS_QUOTA")
     with pytest.raises(VqpError, match=r"^--timeout 0: Input should be greater than 0$"):
         Settings.from_env(timeout_s=0)
+
+
+def test_connections_on_the_listening_socket_send_without_delay():
+    """asyncio turns Nagle off only on TCP-protocol sockets; without it a response written in two
+    parts (headers, body) waited on the client's delayed ACK: 40 ms a request."""
+    import asyncio
+    import socket
+
+    from vqp.cli.serve import listen
+
+    async def accepted_nodelay() -> int:
+        got = asyncio.get_running_loop().create_future()
+
+        def connected(reader, writer):
+            got.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        sock = listen("127.0.0.1", 0)
+        server = await asyncio.start_server(connected, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        value = await got
+        writer.close()
+        server.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0

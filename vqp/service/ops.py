@@ -12,14 +12,16 @@ from .schemas import Health, Ready
 router = APIRouter(tags=["operations"])
 
 
+# health and readiness run on the event loop itself (async, no blocking call): no wait for a thread
+# of the pool, so a probe answers at once however busy the workers are
 @router.get("/healthz", response_model=Health)
-def healthz():
+async def healthz():
     """The process answers."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": Ready, "description": "not ready"}})
-def readyz(request: Request):
+async def readyz(request: Request):
     """Ready when the model is loaded and the batcher and job workers run (never on the OpenCV
     fallback when a model is required)."""
     s = getattr(request.app.state, "svc", None)
