@@ -34,10 +34,16 @@ def markdown(rep: dict, seconds: float, cmd: str) -> str:
              f"{len(rep['split']['repair'])} repair / {len(rep['split']['eval'])} held-out images, "
              f"severities {rep['severities']}, {rep['budget']['steps']} steps x batch {rep['budget']['batch']}, "
              f"AdamW lr {rep['budget']['lr']}, BatchNorm statistics {'frozen' if rep['budget']['freeze_bn'] else 'updated'}, "
-             f"tuned blocks {rep['tuned_blocks']} (ranked top-k {rep['top_k']}).", "",
+             f"tuned blocks {rep['tuned_blocks']} (ranked top-k {rep['top_k']}), "
+             f"{rep['split']['unlabelled']} unlabelled images, searched variants "
+             f"{[(a['block'], a['chosen']) for a in rep['architecture']]}.", "",
              "| model | clean mAP50-95 | mPC common | rPC common | mPC held-out | rPC held-out | mPC codecs | trainable params |",
              "|---|---|---|---|---|---|---|---|"]
     params = {"original": 0, **rep["budget"]["trainable_params"]}
+    clusters = ["", "Failure clusters (heaviest first):", ""]
+    for c in rep["failure_analysis"]["clusters"]:
+        clusters.append(f"- failure cluster {c['cluster']}: {c['size']} samples, {c['missed']} objects lost "
+                        f"({100 * c['share']:.0f}%), {', '.join(list(c['degradations'])[:3])}")
     for m, v in r.items():
         lines.append(f"| {m} | {100 * v['clean_map']:.1f} | {100 * v['mpc_common']:.1f} | {100 * v['rpc_common']:.1f}% | "
                      f"{100 * v.get('mpc_held_out', float('nan')):.1f} | {100 * v.get('rpc_held_out', float('nan')):.1f}% | "
@@ -45,7 +51,7 @@ def markdown(rep: dict, seconds: float, cmd: str) -> str:
     for m in r:
         for g, cells in r[m]["cells"].items():
             lines += ["", f"{m}, {g} (mAP50-95 %):", "", table(cells, r[m]["clean_map"])]
-    return "\n".join(lines)
+    return "\n".join(lines + clusters)
 
 
 def check_map(sizes=(256, 640)) -> None:
@@ -83,6 +89,14 @@ def main() -> int:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--blocks", type=lambda s: [int(x) for x in s.split(",")], help="tune these blocks (ablation)")
     ap.add_argument("--no-compare", action="store_true", help="skip the whole-network baseline")
+    ap.add_argument("--no-search", action="store_true", help="skip the relaxed block search")
+    ap.add_argument("--corruptions", type=lambda s: [x for x in s.split(",") if x], help="repair corruptions")
+    ap.add_argument("--codecs", type=lambda s: [x for x in s.split(",") if x], help="codec degradations")
+    ap.add_argument("--unlabelled", nargs="+", default=(), help="unlabelled images, folders or videos")
+    ap.add_argument("--frame-step", type=int)
+    ap.add_argument("--max-unlabelled", type=int)
+    ap.add_argument("--clusters", type=int)
+    ap.add_argument("--device")
     ap.add_argument("--tag", default="", help="suffix for the files copied next to RESULTS.md")
     ap.add_argument("--bn-stats", action="store_true", help="let BatchNorm update its statistics (first run)")
     ap.add_argument("--out", default="out/repair-bench")
@@ -93,7 +107,11 @@ def main() -> int:
         check_map()
         return 0
     kw = {k: v for k, v in (("steps", a.steps), ("severities", a.severities), ("limit", a.limit),
-                            ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr)) if v is not None}
+                            ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr), ("corruptions", a.corruptions),
+                            ("codecs", a.codecs), ("frame_step", a.frame_step), ("max_unlabelled", a.max_unlabelled),
+                            ("clusters", a.clusters), ("device", a.device)) if v is not None}
+    kw["extra"] = a.unlabelled
+    kw["search"] = not a.no_search
     kw["freeze_bn"] = not a.bn_stats
     kw["compare"] = not a.no_compare
     if a.blocks:
