@@ -5,6 +5,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from .. import __version__
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vqp: error: this command needs {root}: pip install 'vqp[{EXTRAS[root]}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
         print("vqp: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
