@@ -19,9 +19,6 @@ from PIL import Image
 
 from conftest import DATA, MODELS, ROOT
 
-BOOT_S = 120
-
-
 class Server:
     """One `vqp serve` subprocess; its log goes to a file so a failure can show it."""
 
@@ -37,9 +34,10 @@ class Server:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vqp", "serve", "--port", str(self.port), "--model",
                  str(MODELS / "yolo11n_coco_dq.pt"), *flags], cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-        deadline = time.monotonic() + BOOT_S
-        while time.monotonic() < deadline:
+        # no time limits anywhere: each wait ends on an event (ready, an answer, the process exiting),
+        # so a loaded machine makes the tests slower, never wrong
+        self.client = httpx.Client(base_url=self.url, timeout=None)
+        while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
@@ -47,15 +45,13 @@ class Server:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server not ready in {BOOT_S} s:\n{self.log.read_text()}")
+            time.sleep(0.2)  # a poll interval, not a deadline
 
     def stop(self, kill: bool = False) -> None:
         self.client.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            self.proc.wait(timeout=30)
+            self.proc.wait()
 
     def metric(self, name: str) -> float:
         text = self.client.get("/metrics").text
@@ -220,26 +216,21 @@ def frame_count(data: bytes) -> tuple[int, tuple[int, int]]:
     return len(frames), (frames[0].width, frames[0].height)
 
 
-def wait_job(client: httpx.Client, job_id: str, states=("done", "failed"), timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
+def wait_job(client: httpx.Client, job_id: str, states=("done", "failed")) -> dict:
+    """Poll until the job reaches one of ``states`` (a dead server fails the request instead)."""
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in states:
         time.sleep(0.1)
-    raise AssertionError(f"job still {job['state']} after {timeout} s")
+    return job
 
 
-def wait_started(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
+def wait_started(client: httpx.Client, job_id: str) -> dict:
     """Wait until the job runs and has reported progress."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["state"] in ("queued", "running"), job
         if job["progress"] > 0:
             return job
         time.sleep(0.05)
-    raise AssertionError(f"job did not start in {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -341,10 +332,8 @@ def test_jobs_survive_restart_and_limits(tmp_path, clip):
         wait_started(c, job_id)
         assert c.delete(f"/v1/jobs/{job_id}").status_code == 204
         assert c.get(f"/v1/jobs/{job_id}").status_code == 404
-        deadline = time.monotonic() + 30
-        while (jobs / job_id).exists() and time.monotonic() < deadline:
+        while (jobs / job_id).exists():  # the worker notices the deletion and removes the folder
             time.sleep(0.1)
-        assert not (jobs / job_id).exists()
         assert c.get("/readyz").status_code == 200
     finally:
         s.stop()
