@@ -23,24 +23,25 @@ TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 FLAGS = {"timeout_s": "--timeout"}  # flags not named after their setting
 
 
-def size(v):
-    """Bytes as a number or with a unit: 500M, 20G (powers of 1000), 20GiB (of 1024)."""
+def amount(v, units: dict[str, float], unit: str, examples: str) -> float:
+    """A number, or a string of a number and a unit: ``unit`` is a regex whose group is a key of ``units``."""
     if not isinstance(v, str):
         return v
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]i?)?b?\s*", v, re.I)
+    m = re.fullmatch(rf"\s*([0-9]+(?:\.[0-9]*)?)\s*{unit}\s*", v, re.I)
     if not m:
-        raise ValueError("not a size such as 1000000, 500M, 20G or 20GiB")
-    return int(float(m[1]) * SIZE_UNITS[(m[2] or "").lower()])
+        raise ValueError(f"not a {examples}")
+    return float(m[1]) * units[(m[2] or "").lower()]
+
+
+def size(v):
+    """Bytes as a number or with a unit: 500M, 20G (powers of 1000), 20GiB (of 1024)."""
+    n = amount(v, SIZE_UNITS, "([kmgt]i?)?b?", "size such as 1000000, 500M, 20G or 20GiB")
+    return int(n) if isinstance(v, str) else n  # a number is left to the field's own type check
 
 
 def duration(v):
     """Seconds as a number or with a unit: 90s, 30m, 24h, 7d."""
-    if not isinstance(v, str):
-        return v
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([smhd]?)\s*", v, re.I)
-    if not m:
-        raise ValueError("not a duration such as 3600, 90s, 30m, 24h or 7d")
-    return float(m[1]) * TIME_UNITS[m[2].lower()]
+    return amount(v, TIME_UNITS, "([smhd])?", "duration such as 3600, 90s, 30m, 24h or 7d")
 
 
 Bytes = Annotated[int, BeforeValidator(size)]
