@@ -60,6 +60,7 @@ def run(args) -> int:
     import uvicorn
 
     from ..detect import load_detector
+    from ..roi import ROI_CONF
     from ..service import Settings, create_app
     from ..service.app import refuse_fallback
     from ..service.jobs import JobStore
@@ -69,7 +70,8 @@ def run(args) -> int:
     # open the job store and load the model here, so a bad --jobs-dir or --model is a one-line error
     JobStore(settings.jobs_dir).db.close()
     refuse_fallback(settings)
-    detector = load_detector(settings.model, classes=args.classes, conf=settings.conf, imgsz=settings.imgsz,
+    # boxes down to ROI_CONF steer the JPEG search; responses report those at settings.conf and above
+    detector = load_detector(settings.model, classes=args.classes, conf=min(settings.conf, ROI_CONF), imgsz=settings.imgsz,
                              device=settings.device, batch=settings.max_batch)  # --classes: for every request
     host, port = sock.getsockname()[:2]
     where = f"http://{f'[{host}]' if ':' in host else host}:{port}"

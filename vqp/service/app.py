@@ -23,6 +23,7 @@ from .. import __version__
 from ..detect import Detector, load_detector
 from ..errors import VqpError
 from ..models import FALLBACK, resolve_model
+from ..roi import ROI_CONF
 from . import images, ops, videos
 from .admission import Busy, Stage
 from .batcher import Batcher
@@ -113,7 +114,7 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
     async def lifespan(app: FastAPI):
         if detector is None:
             refuse_fallback(settings)
-        det = detector or load_detector(settings.model, conf=settings.conf, imgsz=settings.imgsz,
+        det = detector or load_detector(settings.model, conf=min(settings.conf, ROI_CONF), imgsz=settings.imgsz,
                                         device=settings.device, batch=settings.max_batch)
         batcher = Batcher(det, max_batch=settings.max_batch, max_wait=settings.max_wait_ms / 1000,
                           queue_size=settings.queue_size, metrics=metrics).start()

@@ -91,8 +91,9 @@ class Service:
         """Class names or ids, comma-separated, as ids of the model; unknown ones are a 422."""
         return class_ids(self.detector.names, [c for c in classes.split(",") if c]) if classes else None
 
-    def decode(self, data: bytes) -> Picture:
-        """load_image, with pixel limits answered as 413 (checked from the header, before decoding)."""
+    def decode(self, data: bytes, name: str | None = None) -> Picture:
+        """load_image, with pixel limits answered as 413 (checked from the header, before decoding);
+        errors name the client's file where the upload gave one."""
         limit, over = self.settings.max_pixels, ""
         try:
             with Image.open(io.BytesIO(data)) as im:
@@ -107,7 +108,7 @@ class Service:
         if over:
             self.metrics.rejected.labels("too_many_pixels").inc()
             raise HTTPException(413, f"{over} is over the limit of {limit:,} pixels")
-        return load_image(data, max_pixels=limit)
+        return load_image(data, max_pixels=limit, name=name or None)
 
     async def within(self, request: Request, timeout: float | None, work):
         """Await ``work``; past the client's ``timeout`` answer 504 (the places of work that started

@@ -36,11 +36,11 @@ JPEG_HEADERS = {h: {"description": d, "schema": {"type": "string"}} for h, d in 
 
 
 async def image_in(request: Request, s: Service, tickets: dict) -> tuple[Picture, dict]:
-    data, _ = await read_upload(request, "image")
+    data, name = await read_upload(request, "image")
     if isinstance(data, UploadFile):
         data = await data.read()
     t = time.perf_counter()
-    pic = await s.stages["decode"].run(tickets["decode"], s.decode, data)
+    pic = await s.stages["decode"].run(tickets["decode"], s.decode, data, name)
     return pic, {"decode": time.perf_counter() - t}
 
 
@@ -82,7 +82,7 @@ async def jpeg(request: Request, s: Service = Depends(svc),
         t = time.perf_counter()
         r = await s.stages["jpeg"].run(tickets["jpeg"], save_jpeg, pic, quality=quality, match_quality=match_quality,
                                        target_size=target_size, encoder=encoder, detections=dets,
-                                       device=s.settings.device)
+                                       conf=s.settings.conf, device=s.settings.device)
         times["encode"] = time.perf_counter() - t
         return r, times
 
@@ -112,5 +112,5 @@ async def detect(request: Request, s: Service = Depends(svc), classes: str | Non
 
     async with s.admit(("decode",), timeout) as tickets:
         dets, times = await s.within(request, timeout, work(tickets))
-    return JSONResponse({"model": s.detector.source, **dets.to_dict()},
+    return JSONResponse({"model": s.detector.source, **dets.above(s.settings.conf).to_dict()},
                         headers={"Server-Timing": server_timing(s, times)})
