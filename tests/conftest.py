@@ -131,3 +131,10 @@ def vtest_clip(tmp_path_factory):
     return make_clip(dst, frames, options={"crf": "10", **FAST})
 
 
+def as_from_a_shell() -> None:
+    """``preexec_fn`` for a child that must take Ctrl-C as from a terminal: SIGINT at its default
+    and unblocked, whatever this test process (with Ray's driver and service threads in it) left."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

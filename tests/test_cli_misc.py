@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import as_from_a_shell
+
 VQP = [sys.executable, "-m", "vqp"]
 
 
@@ -43,7 +45,7 @@ def test_ctrl_c_while_importing(bus_path, tmp_path):
     Ctrl-C must not turn the exit into a traceback either.
     """
     p = subprocess.Popen(VQP + ["image", str(bus_path), str(tmp_path / "out.jpg")], stderr=subprocess.PIPE,
-                         text=True, env={**os.environ, "YOLO_OFFLINE": "true"})
+                         text=True, env={**os.environ, "YOLO_OFFLINE": "true"}, preexec_fn=as_from_a_shell)
     while p.poll() is None and not _loaded(p.pid, "libtorch"):
         time.sleep(0.002)  # a poll interval, not a deadline
     assert p.poll() is None, "the command ended before torch was loaded"

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DATA, FAST, MODELS, ROOT, decode, make_clip, moving_square
+from conftest import DATA, FAST, MODELS, ROOT, as_from_a_shell, decode, make_clip, moving_square
 from vqp.errors import VqpError
 from vqp.metrics import box_mask, psnr
 from vqp.quant import QuantParams, annex_k_tables, quantize_planes
@@ -202,7 +202,7 @@ def test_ctrl_c_leaves_no_file(tmp_path):
     dst = tmp_path / "out" / "o.mp4"
     dst.parent.mkdir()
     p = _cli("encode", str(DATA / "video" / "vtest_pets2009_480x360.avi"), str(dst),
-             "--preset", "veryslow", "--model", str(MODELS / "yolo11n_coco_dq.pt"))
+             "--preset", "veryslow", "--model", str(MODELS / "yolo11n_coco_dq.pt"), preexec_fn=as_from_a_shell)
     while not list(dst.parent.iterdir()) and p.poll() is None:  # the temp file appears: encoding has begun
         time.sleep(0.05)  # no deadline: a loaded machine only makes this slower, never wrong
     assert p.poll() is None, p.communicate()
