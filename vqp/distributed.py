@@ -4,19 +4,19 @@ Imported only when Ray is asked for (``vqp batch --ray``), so ``import vqp`` nev
 actor whose process dies is restarted and the call it was running is retried (``RETRIES`` more
 times); a unit of several images that still fails is split so that each image gets its own
 chance, and an input that keeps failing is recorded as failed with the reason. ``submit`` queues
-one unit (for instance one video job of a service) and returns its ObjectRef.
+one unit and returns its ObjectRef; ``job`` runs one video job of ``vqp serve --jobs ray``.
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections import deque
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import ray
 from ray.exceptions import RayError
 
-from .batch import FAILED, Item, Settings, Unit, Worker, one_line, record
+from .batch import FAILED, IMAGE, VIDEO, DetectorSpec, Item, Settings, Unit, Worker, one_line, record
 from .errors import VqpError
 
 RETRIES = 2  # extra attempts of a call whose worker process died
@@ -29,6 +29,11 @@ class RayWorker(Worker):
 
     def one(self, item: Item, s: Settings) -> dict:
         return {**super().one(item, s), "node": ray.get_runtime_context().get_node_id()}
+
+    def job(self, fn: Callable, spec: DetectorSpec, *args):
+        """``fn(detector, *args)`` with ``spec``'s image-path detector (torch at ``spec.imgsz``), the one a
+        service loads, so that a service's job gives the same output on Ray as in the service."""
+        return fn(self.detector(spec, IMAGE), *args)
 
     def ready(self) -> dict:
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
@@ -79,6 +84,17 @@ class RayRunner:
         self.owner[ref] = a
         return ref
 
+    def job(self, fn: Callable, spec: DetectorSpec, *args) -> ray.ObjectRef:
+        """Run ``RayWorker.job(fn, spec, *args)`` on the actor with the fewest calls in flight; ``done(ref)``
+        once its result was read."""
+        a = min(self.actors, key=lambda a: sum(o == a for o in self.owner.values()))
+        ref = a.job.remote(fn, spec, *args)
+        self.owner[ref] = a
+        return ref
+
+    def done(self, ref: ray.ObjectRef) -> None:
+        self.owner.pop(ref, None)
+
     def run(self, units: Iterable[Unit], emit: Callable[[dict], None]) -> None:
         queue = deque(units)
         flight: dict = {}  # ref -> unit
@@ -120,9 +136,9 @@ class RayRunner:
             for rec in records:
                 emit(rec)
 
-    def warm(self, settings: Settings) -> None:
-        """Wait until every actor is up with its detectors loaded."""
-        ray.get([a.load.remote(settings.detector) for a in self.actors])
+    def warm(self, settings: Settings, kinds: Sequence[str] = (IMAGE, VIDEO)) -> None:
+        """Wait until every actor is up with its detectors (of ``kinds``) loaded."""
+        ray.get([a.load.remote(settings.detector, kinds) for a in self.actors])
 
     def close(self) -> None:
         """Stop the actors (and Ray itself when this runner started it)."""

@@ -9,7 +9,7 @@ from . import add_detector_args
 
 SETTINGS = ("model", "device", "conf", "imgsz", "max_batch", "max_wait_ms", "queue_size", "jpeg_queue",
             "max_image_bytes", "max_video_bytes", "max_pixels", "timeout_s", "encode_workers", "jobs_dir", "max_jobs",
-            "job_workers", "job_ttl", "jobs_quota")
+            "job_workers", "job_ttl", "jobs_quota", "jobs", "ray_address")
 
 
 def register(sub) -> None:
@@ -38,6 +38,10 @@ def register(sub) -> None:
                    "24h or 7d (default 24h)")
     g.add_argument("--jobs-quota", metavar="SIZE", help="bytes the jobs folder may hold before uploads get 507, "
                    "e.g. 500M or 20GiB (default 20 GiB; 0: none)")
+    g.add_argument("--jobs", choices=("local", "ray"), help="where video jobs are encoded: threads of this process "
+                   "(local, the default) or actors on Ray (the jobs folder must then be shared by every Ray node)")
+    g.add_argument("--ray-address", metavar="ADDRESS", help="with --jobs ray: the Ray to join, e.g. auto or "
+                   "ray://HOST:10001 (default: $RAY_ADDRESS, else a new local Ray)")
     add_detector_args(p)
     p.set_defaults(func=run, conf=None, imgsz=None)
 
@@ -70,6 +74,10 @@ def run(args) -> int:
     # open the job store and load the model here, so a bad --jobs-dir or --model is a one-line error
     JobStore(settings.jobs_dir).db.close()
     refuse_fallback(settings)
+    if settings.jobs == "ray":  # a missing ray or an unreachable cluster is a one-line error before serving
+        from ..distributed import connect
+
+        connect(settings.ray_address)
     # boxes down to ROI_CONF steer the JPEG search; responses report those at settings.conf and above
     detector = load_detector(settings.model, classes=args.classes, conf=min(settings.conf, ROI_CONF), imgsz=settings.imgsz,
                              device=settings.device, batch=settings.max_batch)  # --classes: for every request

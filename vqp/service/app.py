@@ -3,9 +3,10 @@
 One process loads the detector once; image requests are decoded and encoded on the threads of
 their stages while their detection goes through the micro-batcher. Every stage bounds the work it
 accepts (admission.py): a request is refused at once with 503 and Retry-After, or it finishes; 504
-answers only a deadline the client set. Video jobs are persistent (jobs.py). The routes live in
-images.py, videos.py and ops.py; every error, including 404s, validation failures and limits, is
-answered as JSON ``{"error": message, "status": code}`` (schemas.ErrorBody).
+answers only a deadline the client set. Video jobs are persistent (jobs.py), encoded here or on Ray
+(remote.py). The routes live in images.py, videos.py and ops.py; every error, including 404s,
+validation failures and limits, is answered as JSON ``{"error": message, "status": code}``
+(schemas.ErrorBody).
 """
 from __future__ import annotations
 
@@ -126,7 +127,14 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
             log.info("vqp: removed %d jobs older than %g s", len(gone), settings.job_ttl)
         sweeper = Sweeper(store, settings.job_ttl).start()
         metrics.watch_jobs(store.counts)
-        runner = JobRunner(store, videos.video_encoder(batcher), settings.job_workers).start()
+        if settings.jobs == "ray":  # imported here: a service with local jobs never loads Ray
+            from .remote import RayJobs
+
+            remote = await asyncio.to_thread(RayJobs, settings)
+            encode = remote.encode
+        else:
+            remote, encode = None, videos.video_encoder(batcher)
+        runner = JobRunner(store, encode, settings.job_workers).start()
         stages = {"decode": Stage("decode", settings.encode_workers, settings.queue_size),
                   "jpeg": Stage("jpeg", settings.encode_workers, settings.jpeg_queue)}
         for name, stage in stages.items():
@@ -137,6 +145,8 @@ def create_app(settings: Settings | None = None, detector: Detector | None = Non
         finally:
             sweeper.stop()
             runner.stop()
+            if remote:
+                remote.close()
             batcher.stop()
             for stage in stages.values():
                 stage.shutdown()

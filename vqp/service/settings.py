@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     require_model: bool = False         # no model file is a start-up error, not the OpenCV fallback
     job_ttl: Seconds = Field(86400.0, ge=0)  # a finished or failed job is removed this long after it ended
     jobs_quota: Bytes = Field(20 * 1024 * MIB, ge=0)  # bytes the jobs folder may hold (507 beyond); 0: none
+    jobs: Literal["local", "ray"] = "local"  # where video jobs are encoded: worker threads here, or Ray actors
+    ray_address: str | None = None      # Ray to join with jobs=ray (None: $RAY_ADDRESS, else a new local Ray)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

@@ -2,7 +2,8 @@
 
 A job's query parameters are the scalar fields of vqp.video.VideoOptions plus ``classes``, taken as
 `vqp encode` takes them (``bitrate=300k``) and checked as encode_video checks them, before the upload
-is read: a bad option is a 422, never a job that fails later. Jobs run in jobs.JobRunner.
+is read: a bad option is a 422, never a job that fails later. Jobs run in jobs.JobRunner (their encode
+on Ray actors with ``--jobs ray``: remote.py).
 """
 from __future__ import annotations
 
@@ -94,16 +95,20 @@ def video_options(query: dict) -> dict:
     return opts
 
 
+def encode_job(detector, src: Path, folder: Path, options: dict, progress=None) -> tuple[str, dict]:
+    """One job's encode: the output and its preview in the job's folder, and the stats. Runs in the
+    service or on a Ray actor (remote.py), so that both give the same files."""
+    video = VideoOptions(**{k: v for k, v in options.items() if k != "classes"})
+    dst = Path(folder) / ("output" + video.spec.containers.split()[0])
+    stats = encode_video(src, dst, video, detector=detector, progress=progress, preview=Path(folder) / PREVIEW)
+    return dst.name, {**dataclasses.asdict(stats), "summary": stats.summary()}
+
+
 def video_encoder(batcher: Batcher):
-    """The job runner's encode step: vqp.video.encode_video with the shared, micro-batched detector."""
+    """The job runner's encode step: encode_job with the shared, micro-batched detector."""
 
     def encode(src: Path, folder: Path, options: dict, progress) -> tuple[str, dict]:
-        opts = dict(options)
-        det = SharedDetector(batcher, opts.pop("classes", None))
-        video = VideoOptions(**opts)
-        dst = folder / ("output" + video.spec.containers.split()[0])
-        stats = encode_video(src, dst, video, detector=det, progress=progress, preview=folder / PREVIEW)
-        return dst.name, {**dataclasses.asdict(stats), "summary": stats.summary()}
+        return encode_job(SharedDetector(batcher, options.get("classes")), src, folder, options, progress)
 
     return encode
 
