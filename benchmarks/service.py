@@ -191,6 +191,14 @@ async def burst(url: str, endpoint: str, body: bytes, clients: int, rounds: int,
 LOAD_KEYS = {"kind", "name", "out", "image", "server", "runs"}
 
 
+def table(rows: list[dict], columns: dict) -> None:
+    """Print rows as a markdown table; each column is a row key or a function of the row."""
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in rows:
+        print("| " + " | ".join(str(c(r) if callable(c) else r[c]) for c in columns.values()) + " |")
+
+
 def load_config(path: Path) -> dict:
     """A load-test declaration (``kind: service``; see benchmarks/configs/service_load.yaml)."""
     d = yaml.safe_load(path.read_text())
@@ -244,13 +252,11 @@ def run_config(path: Path, out: str | Path | None = None) -> int:
             print(json.dumps(row), flush=True)
     (out / "load.json").write_text(json.dumps({"config": str(path), "server": flags, "image": str(image),
                                                "rows": rows}, indent=1))
-    print("\n| run | endpoint | params | clients x rounds | 200 | 503 | 504 | lost | 200 p50 ms | 200 p99 ms | "
-          "503 p50 ms | 503 max ms | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['run']} | /v1/{r['endpoint']} | {'&'.join(f'{k}={v}' for k, v in r['params'].items())} | "
-              f"{r['clients']} x {r['rounds']} | {r['ok']} | {r['busy']} | {r['timeout']} | {r['lost']} | "
-              f"{r['ok_p50_ms']} | {r['ok_p99_ms']} | {r['busy_p50_ms']} | {r['busy_max_ms']} | {r['seconds']} |")
+    table(rows, {"run": "run", "endpoint": lambda r: f"/v1/{r['endpoint']}",
+                 "params": lambda r: "&".join(f"{k}={v}" for k, v in r["params"].items()),
+                 "clients x rounds": lambda r: f"{r['clients']} x {r['rounds']}", "200": "ok", "503": "busy",
+                 "504": "timeout", "lost": "lost", "200 p50 ms": "ok_p50_ms", "200 p99 ms": "ok_p99_ms",
+                 "503 p50 ms": "busy_p50_ms", "503 max ms": "busy_max_ms", "seconds": "seconds"})
     return 0
 
 
@@ -301,13 +307,11 @@ def main(argv=None) -> int:
             s.stop()
     a.out.write_text(json.dumps({"command": " ".join(["python -m benchmarks.service", *(argv or sys.argv[1:])]),
                                  "rows": rows}, indent=1))
-    print("\n| endpoint | clients | max batch | req/s | p50 ms | p99 ms | mean batch | detector ms/frame | "
-          "queue wait ms | decode ms | detect ms | encode ms | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['endpoint']} | {r['concurrency']} | {r['max_batch']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} "
-              f"| {r['mean_batch']} | {r['detector_ms_per_frame']} | {r['queue_wait_ms']} | {r.get('decode_ms', '')} "
-              f"| {r.get('detect_ms', '')} | {r.get('encode_ms', '')} | {r['errors']} |")
+    table(rows, {"endpoint": "endpoint", "clients": "concurrency", "max batch": "max_batch", "req/s": "rps",
+                 "p50 ms": "p50_ms", "p99 ms": "p99_ms", "mean batch": "mean_batch",
+                 "detector ms/frame": "detector_ms_per_frame", "queue wait ms": "queue_wait_ms",
+                 "decode ms": lambda r: r.get("decode_ms", ""), "detect ms": lambda r: r.get("detect_ms", ""),
+                 "encode ms": lambda r: r.get("encode_ms", ""), "errors": "errors"})
     return 0
 
 
