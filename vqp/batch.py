@@ -19,13 +19,12 @@ import json
 import os
 import socket
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .errors import VqpError
-from .imageio import IMAGE_EXTS
+from .imageio import IMAGE_EXTS, unclash
 from .jpeg import BACKGROUND_WEIGHT
 from .roi import ROI_CONF, RoiConfig
 from .video.options import DETECT_SIZE, VideoOptions
@@ -219,14 +218,10 @@ def _walk(folder: Path, outdir: Path) -> list[Path]:
 def _names(rels: list[Path], kinds: list[str], settings: Settings) -> list[Path]:
     """Output paths relative to the output folder, as ``vqp image`` names them: ``a.png`` -> ``a.jpg``,
     but inputs that would share an output (``a.jpg`` beside ``a.png``) keep their full name
-    (``a.png.jpg``), except the one already named so. Names compare ignoring case."""
-    def keep(rel: Path, kind: str) -> bool:
-        return rel.suffix.lower() in settings.suffixes(kind)
-
-    want = [r if keep(r, k) else r.with_suffix(settings.suffixes(k)[0]) for r, k in zip(rels, kinds)]
-    count = Counter(str(w).lower() for w in want)
-    return [w.with_name(r.name + settings.suffixes(k)[0]) if count[str(w).lower()] > 1 and not keep(r, k) else w
-            for r, k, w in zip(rels, kinds, want)]
+    (``a.png.jpg``), except the one already named so (``imageio.unclash``)."""
+    kept = [r.suffix.lower() in settings.suffixes(k) for r, k in zip(rels, kinds)]
+    want = [r if c else r.with_suffix(settings.suffixes(k)[0]) for r, k, c in zip(rels, kinds, kept)]
+    return unclash(rels, want, kept)
 
 
 def gather(inputs: Sequence[str], outdir: Path, settings: Settings) -> tuple[list[Item], list[tuple[str, str]]]:

@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,16 @@ def load_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int 
         except Exception:
             icc_ok = False
     return Picture(rgb, exif_bytes, icc if icc_ok else None)
+
+
+def unclash(names: list[Path], want: list[Path], keep: list[bool]) -> list[Path]:
+    """Output paths ``want`` for inputs named ``names``, where outputs that would coincide (``a.jpg``
+    beside ``a.png``, compared ignoring case) take the input's full name plus their suffix
+    (``a.png.jpg``), except those marked ``keep`` (the input already named so). Used by
+    ``vqp image`` and ``vqp batch``, so both name outputs alike."""
+    count = Counter(str(w).lower() for w in want)
+    return [w.with_name(n.name + w.suffix) if count[str(w).lower()] > 1 and not k else w
+            for n, w, k in zip(names, want, keep)]
 
 
 def find_images(folder: Path, skip: Path | None = None) -> list[Path]:

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import VqpError
-from ..imageio import find_images
+from ..imageio import find_images, unclash
 from ..jpeg import BACKGROUND_WEIGHT, check_options
 from ..roi import ROI_CONF
 from . import add_detector_args, add_roi_args, detector_from_args, roi_from_args
@@ -43,9 +43,7 @@ def _out_names(files: list[Path], src: Path, dst: Path) -> list[Path]:
     would share an output (``a.jpg`` and ``a.png``) keep their full name (``a.png.jpg``), except
     the one already named so (``a.jpg``); names are compared ignoring case."""
     want = [(dst / f.relative_to(src)).with_suffix(".jpg") for f in files]
-    count = Counter(str(p).lower() for p in want)
-    out = [p.with_name(f.name + ".jpg") if count[str(p).lower()] > 1 and f.name.lower() != p.name.lower() else p
-           for f, p in zip(files, want)]
+    out = unclash(files, want, [f.name.lower() == p.name.lower() for f, p in zip(files, want)])
     clash = [p for p, n in Counter(str(p).lower() for p in out).items() if n > 1]
     if clash:
         raise VqpError(f"two inputs would both be written to {clash[0]}; rename one of them")
