@@ -40,19 +40,25 @@ def add_detector_args(p: argparse.ArgumentParser, conf: float = 0.25) -> None:
     g.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
 
 
+def check_detector_args(args) -> None:
+    """The detector flags, checked before any model loads: one line for a bad value, a missing GPU
+    or a typo in --device."""
+    from ..video.options import check_device
+
+    if not 0 <= args.conf <= 1:
+        raise VqpError(f"--conf must be between 0 and 1, got {args.conf}")
+    if args.imgsz < 32:
+        raise VqpError(f"--imgsz must be at least 32, got {args.imgsz}")
+    check_device(args.device)
+
+
 def detector_from_args(args, fast: bool = False, steer: bool = False):
     """The detector the flags ask for; ``steer``: commands that steer bits also get the boxes
     between ``vqp.roi.ROI_CONF`` and ``--conf`` (they report only those at ``--conf`` and above)."""
     from ..detect import load_detector
     from ..roi import ROI_CONF
 
-    if not 0 <= args.conf <= 1:
-        raise VqpError(f"--conf must be between 0 and 1, got {args.conf}")
-    if args.imgsz < 32:
-        raise VqpError(f"--imgsz must be at least 32, got {args.imgsz}")
-    from ..video.options import check_device
-
-    check_device(args.device)  # a missing GPU or a typo: one line, before any model loads
+    check_detector_args(args)
     conf = min(args.conf, ROI_CONF) if steer else args.conf
     return load_detector(args.model, classes=args.classes, conf=conf, imgsz=args.imgsz, device=args.device, fast=fast)
 

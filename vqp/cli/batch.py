@@ -9,7 +9,7 @@ from collections import Counter
 
 from ..errors import VqpError
 from ..jpeg import BACKGROUND_WEIGHT, check_options
-from . import add_detector_args, add_roi_args, roi_from_args
+from . import add_detector_args, add_roi_args, check_detector_args, roi_from_args
 from .encode import add_codec_args, add_video_args, options_from_args
 
 ADDRESS = re.compile(r"auto|local|ray://\S+|[\w.-]+:\d+")
@@ -60,13 +60,9 @@ def settings_from_args(args):
 
     quality, match, target = check_options(args.quality, args.match_quality, args.target_size,
                                            args.background_weight, flags=True)
-    if not 0 <= args.conf <= 1:
-        raise VqpError(f"--conf must be between 0 and 1, got {args.conf}")
-    for flag, size in (("--imgsz", args.imgsz), ("--video-imgsz", args.video_imgsz)):
-        if size < 32:
-            raise VqpError(f"{flag} must be at least 32, got {size}")
-    if args.two_pass and args.bitrate is None:
-        raise VqpError("--two-pass needs --bitrate")
+    check_detector_args(args)
+    if args.video_imgsz < 32:
+        raise VqpError(f"--video-imgsz must be at least 32, got {args.video_imgsz}")
     image = ImageOptions(quality, match, target, args.encoder, args.background_weight, roi_from_args(args))
     video = options_from_args(args, codec=args.codec, method=args.method, crf=args.crf, bitrate=args.bitrate,
                               two_pass=args.two_pass, match_crf=args.match_crf, preset=args.preset, gop=args.gop,

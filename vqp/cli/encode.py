@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-from ..errors import VqpError
 from ..video.options import VideoOptions, bitrate
 from . import add_detector_args, detector_from_args, take_stdout
 
@@ -95,8 +94,6 @@ def run(args) -> int:
     from ..video.io import ffmpeg_logging, output_format
 
     to_pipe = args.output == "-"
-    if args.two_pass and args.bitrate is None:
-        raise VqpError("--two-pass needs --bitrate")
     o = options_from_args(args, codec=args.codec, method=args.method, crf=args.crf, bitrate=args.bitrate,
                           two_pass=args.two_pass, match_crf=args.match_crf, preset=args.preset, gop=args.gop,
                           mjpeg_quality=args.quality, codec_options=dict(args.codec_option),

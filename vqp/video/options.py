@@ -140,8 +140,10 @@ def validate(o: VideoOptions) -> None:
         raise VqpError("give at most one of crf, bitrate and match-crf")
     if o.bitrate is not None and codecs.BITRATE not in c.rate:
         raise VqpError(f"{o.codec} takes no bitrate here; use its quality setting")
-    if o.two_pass and (o.bitrate is None or codecs.TWO_PASS not in c.rate):
-        raise VqpError(f"two-pass needs a bitrate and one of: "
+    if o.two_pass and o.bitrate is None:
+        raise VqpError("two-pass needs a bitrate (--bitrate)")
+    if o.two_pass and codecs.TWO_PASS not in c.rate:
+        raise VqpError(f"two-pass needs one of: "
                        f"{', '.join(n for n, k in codecs.CODECS.items() if codecs.TWO_PASS in k.rate)}")
     if o.match_crf is not None and codecs.CRF not in c.rate:
         raise VqpError(f"match-crf works with {', '.join(n for n, k in codecs.CODECS.items() if codecs.CRF in k.rate)}")
