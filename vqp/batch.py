@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .errors import VqpError
+from .errors import VqpError, one_line
 from .imageio import IMAGE_EXTS, unclash
 from .jpeg import BACKGROUND_WEIGHT
 from .roi import ROI_CONF, RoiConfig
@@ -119,11 +119,6 @@ def record(item: Item, settings: Settings, status: str, error: str | None = None
     if rec["bytes"] and rec["plain_bytes"]:
         rec["ratio"] = round(rec["bytes"] / rec["plain_bytes"], 4)
     return rec
-
-
-def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 class Worker:

@@ -13,7 +13,7 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 import torch
 
-from .errors import VqpError
+from .errors import VqpError, one_line
 from .models import FALLBACK, ModelChoice, resolve_model
 from .types import Box, Detections
 
@@ -49,7 +49,7 @@ class YoloDetector:
         try:
             self.model = YOLO(source, task="detect")
         except Exception as e:  # ultralytics raises many types for a bad or missing file
-            raise VqpError(f"cannot load detector {source!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise VqpError(f"cannot load detector {source!r}: {one_line(e)}") from None
         self.names = dict(self.model.names)
         self.conf, self.imgsz, self.batch = conf, imgsz, batch
         self.classes = class_ids(self.names, classes)

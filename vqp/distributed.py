@@ -16,8 +16,8 @@ from typing import Callable, Iterable, Sequence
 import ray
 from ray.exceptions import RayError
 
-from .batch import FAILED, IMAGE, VIDEO, DetectorSpec, Item, Settings, Unit, Worker, one_line, record
-from .errors import VqpError
+from .batch import FAILED, IMAGE, VIDEO, DetectorSpec, Item, Settings, Unit, Worker, record
+from .errors import VqpError, one_line
 
 RETRIES = 2  # extra attempts of a call whose worker process died
 DEPTH = 2    # calls queued per actor, so an actor never waits for the driver between units

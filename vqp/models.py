@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import VqpError
+from .errors import VqpError, one_line
 
 # Preferred files in a model folder, best first: trainable checkpoints, then int8 exports.
 PREFERRED = (
@@ -152,6 +152,6 @@ def openvino_export(checkpoint: str, imgsz: int) -> str | None:
                     raise
     except Exception as e:  # export is an optimisation: any failure leaves the checkpoint in charge
         log.warning("vqp: OpenVINO export of %s failed (%s); running the checkpoint", src,
-                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    one_line(e))
         return None
     return str(dst)

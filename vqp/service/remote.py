@@ -15,9 +15,9 @@ from pathlib import Path
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from ..batch import IMAGE, DetectorSpec, Settings as BatchSettings, one_line
+from ..batch import IMAGE, DetectorSpec, Settings as BatchSettings
 from ..distributed import RayRunner
-from ..errors import VqpError
+from ..errors import VqpError, one_line
 from ..models import resolve_model
 from .settings import Settings
 from .videos import encode_job

@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from .. import codecs
-from ..errors import VqpError
+from ..errors import VqpError, one_line
 from .options import VideoOptions
 
 log = logging.getLogger("vqp")
@@ -29,7 +29,7 @@ STDIO = "-"
 
 def message(e: Exception) -> str:
     """An FFmpeg or OS error as a short phrase for a one-line message."""
-    return getattr(e, "strerror", None) or str(e).splitlines()[0] if str(e) else type(e).__name__
+    return getattr(e, "strerror", None) or one_line(e)
 
 
 STDERR = threading.Lock()
