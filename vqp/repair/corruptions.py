@@ -1,8 +1,10 @@
 """Degradations for the robustness benchmark: the COCO-C corruptions plus codec damage.
 
 The 15 common corruptions and the 4 held-out ones come from ``imagecorruptions`` (Michaelis et
-al. 2019). Codec degradations model what vqp itself meets in practice: a very low-quality JPEG,
-a low-bitrate H.264 frame, and vqp's own background quantization at strong settings.
+al. 2019). COCO-C's ``brightness`` only brightens, so ``low_light`` adds the dark, noisy frames of
+night footage, which surveillance clips meet. Codec degradations model what vqp itself meets in
+practice: a very low-quality JPEG, a low-bitrate H.264 frame, and vqp's own background quantization
+at strong settings.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glas
           "jpeg_compression")
 HELD_OUT = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 CODECS = ("jpeg_low", "h264", "vqp_background")
+EXTRA = ("low_light",)
 # one per family (noise, blur, weather, digital) for --quick runs; glass_blur is left out for its cost
 QUICK = ("gaussian_noise", "motion_blur", "fog", "contrast")
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -27,12 +30,15 @@ SEVERITIES = (1, 2, 3, 4, 5)
 JPEG_QUALITY = (12, 9, 6, 4, 2)            # per severity; COCO-C's jpeg_compression stops at 7
 H264_CRF = (36, 40, 44, 48, 51)
 VQP_STRENGTH = ((4, 15), (6, 10), (8, 6), (12, 3), (16, 1))  # (step multiplier, zigzag coefficients kept)
+LOW_LIGHT = (0.3, 0.2, 0.12, 0.07, 0.04)   # exposure left (linear light) per severity
+PHOTONS = 500.0                            # photons at full scale of the clean exposure: sets the shot noise
+READ_NOISE = 0.002                         # sensor read noise, linear light
 
 
 def names(group: str) -> tuple[str, ...]:
-    """Corruption names of a group: common, held_out, codecs, quick or all."""
-    groups = {"common": COMMON, "held_out": HELD_OUT, "codecs": CODECS, "quick": QUICK,
-              "all": COMMON + HELD_OUT + CODECS}
+    """Corruption names of a group: common, held_out, codecs, extra, quick or all."""
+    groups = {"common": COMMON, "held_out": HELD_OUT, "codecs": CODECS, "extra": EXTRA, "quick": QUICK,
+              "all": COMMON + HELD_OUT + CODECS + EXTRA}
     if group not in groups:
         raise VqpError(f"unknown corruption group {group!r}; choose from {', '.join(groups)}")
     return groups[group]
@@ -40,7 +46,7 @@ def names(group: str) -> tuple[str, ...]:
 
 def check(corruptions, severities) -> None:
     """Reject unknown corruption names or severities with one clear line."""
-    known = set(COMMON + HELD_OUT + CODECS)
+    known = set(COMMON + HELD_OUT + CODECS + EXTRA)
     bad = [c for c in corruptions if c not in known]
     if bad:
         raise VqpError(f"unknown corruption {bad[0]!r}; known: {', '.join(sorted(known))}")
@@ -65,6 +71,9 @@ def degrade(rgb: np.ndarray, name: str, severity: int, *, detections: Detections
         finally:
             np.random.set_state(state)
         return np.ascontiguousarray(out[: rgb.shape[0], : rgb.shape[1]], dtype=np.uint8)
+    if name == "low_light":
+        rng = np.random.default_rng(seed + zlib.crc32(f"{name}{severity}".encode()))
+        return _low_light(rgb, LOW_LIGHT[severity - 1], rng)
     if name == "jpeg_low":
         from io import BytesIO
 
@@ -87,6 +96,14 @@ def degrade(rgb: np.ndarray, name: str, severity: int, *, detections: Detections
         out = quantize(x, roi_map([detections]), annex_k_tables(50), QuantParams(strength, keep, dc_strength=4.0))
         return out[0].permute(1, 2, 0).numpy()
     raise VqpError(f"unknown corruption {name!r}")
+
+
+def _low_light(rgb: np.ndarray, exposure: float, rng: np.random.Generator) -> np.ndarray:
+    """Underexposure in linear light with shot (Poisson) and read noise, then the sRGB-like gamma again:
+    dark frames whose noise grows as the light falls, as a camera's do (a plain scale would be noise-free)."""
+    lin = (rgb.astype(np.float32) / 255) ** 2.2 * exposure
+    lin = rng.poisson(lin * PHOTONS) / PHOTONS + rng.normal(0, READ_NOISE, lin.shape)
+    return (np.clip(lin, 0, 1) ** (1 / 2.2) * 255 + 0.5).astype(np.uint8)
 
 
 def _h264(rgb: np.ndarray, crf: int) -> np.ndarray:
