@@ -2,8 +2,10 @@
 into encoded bytes (images) or an encoded file (clips), through vqp's own library calls."""
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,8 @@ class Codec:
     encode with the same encoder and options at that CRF), so both curves meet point by point.
     ``anchors`` are the codecs this one's BD-rates are computed against. ``options`` go to the
     encoder as they are; ``settings`` are vqp.video.VideoOptions fields (method, roi_object, ...).
+    ``model`` is the detector that steers this vqp codec (default: the config's), so one run can set
+    an original and a repaired checkpoint side by side; the measured object region does not change.
     """
 
     name: str
@@ -38,6 +42,7 @@ class Codec:
     anchors: tuple = ()
     options: dict = field(default_factory=dict, hash=False, compare=False)
     settings: dict = field(default_factory=dict, hash=False, compare=False)
+    model: str | None = None
 
     @property
     def kind(self) -> str:
@@ -53,7 +58,8 @@ class Codec:
     def key(self) -> str:
         """Everything that changes this codec's output, for the cache of finished points."""
         return repr((self.encoder, self.vqp, self.equal_bytes, sorted(self.options.items()))
-                    + ((tuple(sorted(self.settings.items())),) if self.settings else ()))
+                    + ((tuple(sorted(self.settings.items())),) if self.settings else ())
+                    + ((model_id(self.model),) if self.model else ()))
 
     @classmethod
     def from_config(cls, d: dict, default_grid: dict) -> "Codec":
@@ -69,11 +75,25 @@ class Codec:
         grid = d.pop("grid", None) or default_grid.get(kind)
         if not grid:
             raise VqpError(f"codec {d['name']}: no grid (give 'grid' or a default 'grid: {{{kind}: [...]}}')")
-        unknown = set(d) - {"name", "encoder", "vqp", "equal_bytes", "anchors", "options", "settings"}
+        unknown = set(d) - {"name", "encoder", "vqp", "equal_bytes", "anchors", "options", "settings", "model"}
         if unknown:
             raise VqpError(f"codec {d['name']}: unknown keys {', '.join(sorted(unknown))}")
+        if d.get("model") and (not d.get("vqp") or kind == "image"):
+            raise VqpError(f"codec {d['name']}: 'model' sets the detector of a vqp clip codec only")
         return cls(d["name"], enc, tuple(grid), bool(d.get("vqp", False)), d.get("equal_bytes"),
-                   tuple(d.get("anchors", ())), dict(d.get("options", {})), dict(d.get("settings", {})))
+                   tuple(d.get("anchors", ())), dict(d.get("options", {})), dict(d.get("settings", {})),
+                   d.get("model"))
+
+
+@lru_cache(maxsize=None)
+def model_id(model: str) -> str:
+    """The resolved checkpoint and a digest of its bytes: a retrained file at the same path must not
+    reuse the cached points of the old one."""
+    from vqp.models import resolve_model
+
+    src = Path(resolve_model(model).source)
+    files = [src] if src.is_file() else sorted(f for f in src.rglob("*") if f.is_file())  # an exported folder
+    return f"{src.name}@{hashlib.sha1(b''.join(f.read_bytes() for f in files)).hexdigest()[:10]}"
 
 
 def encode_image(codec: Codec, rgb: np.ndarray, value, dets: Detections, budget: int | None = None) -> tuple[bytes, int]:

@@ -77,20 +77,46 @@ def excerpt(clip: Path, dst: Path, frames: int | None = None, start: int = 0) ->
     """
     import av
 
-    tmp = dst.with_name("." + dst.name + ".part")
-    with av.open(str(clip)) as src, av.open(str(tmp), "w", format="matroska") as out:
+    with av.open(str(clip)) as src:
         vin = src.streams.video[0]
-        vout = out.add_stream("ffv1", rate=vin.average_rate or 25)
-        vout.codec_context.time_base = 1 / Fraction(vin.average_rate or 25)
-        vout.width, vout.height, vout.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
-        rate = Fraction(vin.average_rate or 25)
-        for i, f in enumerate(src.decode(vin)):
-            if i < start:
-                continue
-            if frames and i >= start + frames:
-                break
+        picked = (f for i, f in enumerate(src.decode(vin)) if i >= start)
+        if frames:
+            picked = (f for _, f in zip(range(frames), picked))
+        return _ffv1(dst, picked, Fraction(vin.average_rate or 25), vin.codec_context.width, vin.codec_context.height)
+
+
+def degrade_clip(src: Path, dst: Path, corruption: str, severity: int, seed: int = 0, vary: bool = False) -> Path:
+    """``src`` with every frame degraded by vqp.repair.corruptions (the encoder's input in a degraded-clip
+    benchmark), as lossless FFV1 again.
+
+    With ``vary`` the seed advances with the frame index: sensor noise changes from frame to frame,
+    which is what makes it expensive for an encoder. Without it every frame draws the same pattern:
+    a fog bank or a blur direction that stays put instead of flickering. Both are reproducible.
+    """
+    import av
+
+    from vqp.repair.corruptions import degrade
+
+    with av.open(str(src)) as c:
+        vin = c.streams.video[0]
+        bad = (av.VideoFrame.from_ndarray(degrade(f.to_ndarray(format="rgb24"), corruption, severity,
+                                                  seed=seed + i * vary), format="rgb24")
+               for i, f in enumerate(c.decode(vin)))
+        return _ffv1(dst, bad, Fraction(vin.average_rate or 25), vin.codec_context.width, vin.codec_context.height)
+
+
+def _ffv1(dst: Path, frames, rate: Fraction, width: int, height: int) -> Path:
+    """Write video frames as lossless FFV1 YUV 4:2:0 at ``rate``, renamed into place when complete."""
+    import av
+
+    tmp = dst.with_name("." + dst.name + ".part")
+    with av.open(str(tmp), "w", format="matroska") as out:
+        vout = out.add_stream("ffv1", rate=rate)
+        vout.codec_context.time_base = 1 / rate
+        vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
+        for i, f in enumerate(frames):
             f = f.reformat(format="yuv420p")
-            f.pts, f.time_base = i - start, 1 / rate
+            f.pts, f.time_base = i, 1 / rate
             out.mux(vout.encode(f))
         out.mux(vout.encode())
     tmp.replace(dst)

@@ -80,6 +80,8 @@ def load_config(path: str | Path, out: str | Path | None = None) -> Config:
     for ds in d["datasets"]:
         if ds.get("kind") not in LOADERS:
             raise VqpError(f"dataset {ds}: kind must be one of {', '.join(LOADERS)}")
+        if "corrupt" in ds:
+            check_corrupt(ds)
     name = d.get("name", path.stem)
     return Config(name, Path(out or d.get("out") or ROOT.parent / "out" / "bench" / name), d["datasets"], codecs,
                   d.get("model"), d.get("roi_conf", ROI_CONF), d.get("region_conf", 0.25), d.get("map_conf", 0.001),
@@ -93,6 +95,22 @@ LOADERS = {
     "folder": lambda s: datasets.folder(Path(s["path"]), s.get("limit"), s.get("scale", 1)),
     "clips": lambda s: [p for p in datasets.clips() if not s.get("only") or p.stem in s["only"]][:s.get("limit")],
 }
+
+
+def check_corrupt(spec: dict) -> None:
+    """A clips dataset's ``corrupt: {name, severity, seed, vary}``: the frames every codec is given are
+    degraded by vqp.repair.corruptions, while the reference and the object regions stay the clean clip."""
+    from vqp.repair.corruptions import check
+
+    c = spec["corrupt"]
+    if spec["kind"] != "clips":
+        raise VqpError(f"dataset {spec.get('name', spec['kind'])}: 'corrupt' applies to clips only")
+    if not isinstance(c, dict) or "name" not in c:
+        raise VqpError(f"dataset {spec.get('name', 'clips')}: corrupt needs a mapping with a 'name'")
+    unknown = set(c) - {"name", "severity", "seed", "vary"}
+    if unknown:
+        raise VqpError(f"dataset {spec.get('name', 'clips')}: corrupt has unknown keys {', '.join(sorted(unknown))}")
+    check([c["name"]], [c.get("severity", 3)])
 
 
 def _digest(spec: dict) -> str:
@@ -161,7 +179,8 @@ class Runner:
         torch.set_num_threads(max(1, min(2, cfg.threads)))
         self.cache = Cache(cfg.out / "cache.jsonl")
         self.detector = load_detector(cfg.model, conf=cfg.map_conf)
-        self._roi_detector = self._video_detector = None
+        self._roi_detector = None
+        self._video_detectors: dict = {}  # model -> loaded detector
         self.tag = f"roi{cfg.roi_conf:g}/region{cfg.region_conf:g}"  # in every key: these change the results
         self.gt: dict[str, dict] = {}     # group -> item -> (boxes, classes, h, w)
         self.records: list[dict] = []
@@ -177,17 +196,19 @@ class Runner:
             self._roi_detector = load_detector(self.cfg.model, conf=self.cfg.roi_conf)
         return self._roi_detector
 
-    @property
-    def video_detector(self):
-        """The detector as `vqp encode` runs it by default (its input size, OpenVINO on the CPU), loaded and
-        run once before any clip, as in a service or a batch: encode times then hold no start-up cost."""
-        if self._video_detector is None:
+    def video_detector(self, model: str | None = None):
+        """A detector (the codec's ``model``, else the config's) as `vqp encode` runs it by default (its input
+        size, OpenVINO on the CPU), loaded and run once before any clip, as in a service or a batch: encode
+        times then hold no start-up cost."""
+        model = model or self.cfg.model
+        if model not in self._video_detectors:
             from vqp.detect import load_detector
             from vqp.video import DETECT_SIZE
 
-            self._video_detector = load_detector(self.cfg.model, conf=self.cfg.roi_conf, imgsz=DETECT_SIZE, fast=True)
-            self._video_detector([np.zeros((DETECT_SIZE, DETECT_SIZE, 3), np.uint8)])  # warm: wall times are per clip
-        return self._video_detector
+            d = load_detector(model, conf=self.cfg.roi_conf, imgsz=DETECT_SIZE, fast=True)
+            d([np.zeros((DETECT_SIZE, DETECT_SIZE, 3), np.uint8)])  # warm: wall times are per clip
+            self._video_detectors[model] = d
+        return self._video_detectors[model]
 
     def run(self) -> list[dict]:
         cfg = self.cfg
@@ -265,13 +286,18 @@ class Runner:
             work = cfg.out / "work"
             work.mkdir(exist_ok=True)
             start = int(spec.get("start", {}).get(clip.stem, 0))
-            src = datasets.excerpt(clip, work / f"{clip.stem}-{dkey}.mkv", spec.get("frames"), start)
+            clean = {k: v for k, v in spec.items() if k not in ("corrupt", "name")}  # degraded sets share it
+            src = datasets.excerpt(clip, work / f"{clip.stem}-{_digest(clean)}.mkv", spec.get("frames"), start)
             ref, fps = read_frames(src, every)
             regions = [_boxes(d, cfg.region_conf) for d in self.roi_detector(ref)]  # detector on the originals
+            if "corrupt" in spec:  # the codecs get degraded frames; ref and regions stay the clean ones
+                bad = spec["corrupt"]
+                src = datasets.degrade_clip(src, work / f"{clip.stem}-{dkey}-degraded.mkv", bad["name"],
+                                            int(bad.get("severity", 3)), int(bad.get("seed", 0)), bool(bad.get("vary")))
             for c, v, key in missing:
                 with tempfile.TemporaryDirectory(dir=work) as tmp:
                     dst = Path(tmp) / ("out.avi" if c.encoder == "mjpeg" else "out.mp4")
-                    st = encode_clip(c, v, src, dst, self.video_detector)
+                    st = encode_clip(c, v, src, dst, self.video_detector(c.model))
                     n, size = st.frames, st.bytes  # video stream bytes: the container's overhead is not the codec's
                     seconds = st.seconds
                     out, _ = read_frames(dst, every)
