@@ -89,6 +89,8 @@ codecs:
     want = psnr(luma(frames(ref)[0]), luma(bad[0]))  # every: 2 measures frame 0 only
     assert {r["group"] for r in recs} == {"noise/akiyo_cif"}
     assert all(r["psnr_full"] == pytest.approx(want, abs=1e-6) and r["psnr_full"] < 35 for r in recs)
+    assert all(r["psnr_full_input"] == float("inf") for r in recs)  # lossless against what it was given
+    assert all(row["psnr_full_input"] == float("inf") for row in harness.summarize(recs, {}))
 
 
 def test_config_errors(tmp_path):
