@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vqp.jpegsize import rd_levels, scan_bits, zigzag
 from vqp.quant import QuantParams, annex_k_tables, dct2, blockify, prepare, quantize
 
 
@@ -89,3 +90,55 @@ def test_444_grid(astronaut):
     imp[:, 10:12, 10:12] = 1
     out = quantize(x, imp, annex_k_tables(50), subsampling="4:4:4")
     assert torch.equal(out[..., 80:96, 80:96], x[..., 80:96, 80:96])
+
+
+def _scan_coef(a: np.ndarray, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Luma coefficients of an image in units of the Q step, zigzag scan order, (M, 64)."""
+    t = zigzag(annex_k_tables(q))[0]
+    return (zigzag(prepare(_tensor(a)).coef_y)[0, 0] / t).flatten(0, 1).flatten(-2), t
+
+
+def _bits(levels: torch.Tensor, hb: int) -> float:
+    return scan_bits([levels.reshape(hb, -1, 64).to(torch.int32)], adaptive=False)
+
+
+def test_rd_levels_zero_lambda_is_plain_rounding(astronaut):
+    u, _ = _scan_coef(astronaut, 50)
+    assert torch.equal(rd_levels(u, torch.zeros(len(u), 1)), torch.round(u))
+
+
+def test_rd_levels_trade_bits_for_error(astronaut):
+    """A larger lambda spends fewer bits (as the Huffman coder counts them) for more error, and the
+    DC never moves."""
+    u, _ = _scan_coef(astronaut, 75)
+    hb = 64
+    last = (_bits(torch.round(u), hb), 0.0)
+    for lam in (1, 4, 16, 64):
+        v = rd_levels(u, torch.full((len(u), 1), float(lam)))
+        assert torch.equal(v[:, 0], torch.round(u[:, 0]))
+        now = (_bits(v, hb), float(((v - u) ** 2).sum()))
+        assert now[0] < last[0] and now[1] > last[1]
+        last = now
+
+
+def test_rd_levels_beat_a_coarser_step(astronaut):
+    """The point of rate-distortion levels: at no more bits than rounding to a multiple of the step
+    (the old background), the error (in pixels, since the DCT is orthonormal) is lower."""
+    u, t = _scan_coef(astronaut, 75)
+    for m in (3, 4, 8):
+        coarse = torch.cat([torch.round(u[:, :1]), torch.round(u[:, 1:] / m) * m], 1)  # the DC alike
+        bits = _bits(coarse, 64)
+        err_coarse = float((((coarse - u) * t.flatten()) ** 2).sum())
+        lam = next(lam for lam in 2.0 ** torch.arange(-4, 12, 0.5) if _bits(rd_levels(u, torch.full((len(u), 1), float(lam))), 64) <= bits)
+        v = rd_levels(u, torch.full((len(u), 1), float(lam)))
+        assert float((((v - u) * t.flatten()) ** 2).sum()) < 0.8 * err_coarse
+
+
+def test_rd_background_keeps_objects(astronaut):
+    x = _tensor(astronaut)
+    imp = torch.zeros(1, 64, 64)
+    imp[:, 4:20, 20:40] = 1
+    out = quantize(x, imp, annex_k_tables(50), QuantParams(1, 64, 1, 16))
+    assert torch.equal(out[..., 32:160, 160:320], x[..., 32:160, 160:320])
+    a = out[0].permute(1, 2, 0).numpy()
+    assert _jpeg_size(a, 50) < 0.8 * _jpeg_size(astronaut, 50)

@@ -24,19 +24,20 @@ from PIL import Image
 from .detect import DETECT_CONF, Detector, shared_detector
 from .errors import VqpError
 from .imageio import Picture, load_image, write_atomic
-from .jpegsize import SCAN_RANK, header_bytes, scan_bits, zigzag
+from .jpegsize import header_bytes, scan_bits, zigzag
 from .quant import Prepared, QuantParams, annex_k_tables, prepare, requantize, requantize_blocks
 from .roi import ROI_CONF, RoiConfig, roi_map
 from .types import Detections
 
-# Background settings tried by the search, gentlest first: (step multiplier, zigzag coefficients kept).
-# Measured on halved coco128 (benchmarks/RESULTS.md): the hardest steps win most often.
-LADDER = (QuantParams(2, 64), QuantParams(3, 28), QuantParams(4, 15), QuantParams(6, 10),
-          QuantParams(8, 6), QuantParams(12, 3), QuantParams(16, 1), QuantParams(24, 1, dc_strength=4))
+# Background settings tried by the search, gentlest first: rate-distortion trades (vqp.jpegsize.rd_levels,
+# squared level error per bit saved), the two hardest with a coarser DC. On halved coco128 they give the
+# objects the same gain as the step multipliers they replace for half the background's loss (RESULTS.md).
+LADDER = (*(QuantParams(1, 64, 1, lam) for lam in (1, 2, 4, 8, 16, 32)), QuantParams(1, 64, 2, 128),
+          QuantParams(1, 64, 2, 1000))
 DEFAULT_QUALITY = 75
-# Share of background PSNR in the search score: 0.1 gave up ~0.25 dB of object gain for ~1.4 dB
-# less background loss on coco128 (benchmarks/RESULTS.md).
-BACKGROUND_WEIGHT = 0.1
+# Share of background PSNR in the search score: 0.5 keeps the objects' gain at about half the background
+# loss of 0.1 on coco128 images the ladder was not chosen on (benchmarks/RESULTS.md).
+BACKGROUND_WEIGHT = 0.5
 SUBSAMPLING = ("4:2:0", "4:4:4")  # what the quantizer reproduces (vqp.quant.prepare)
 
 
@@ -167,6 +168,7 @@ class JpegResult:
                 "ratio": round(self.size / self.plain_bytes, 6) if self.plain_bytes else None,
                 "strength": self.params.strength if self.params else None,
                 "keep": self.params.keep if self.params else None,
+                "lam": self.params.lam if self.params else None,
                 "detections": [b.to_dict() for b in self.detections.boxes]}
 
 
@@ -240,8 +242,8 @@ class _Search:
             cy, iy, cc, ic, wo, wb = self.sample
             t = zigzag(self.enc.tables(quality).to(cy.device))  # the sample is in scan order
             if params is not None:
-                ry = requantize_blocks(cy, t[0], iy, params, SCAN_RANK)
-                rc = requantize_blocks(cc, t[1], ic, params, SCAN_RANK)
+                ry = requantize_blocks(cy, t[0], iy, params, scan=True)
+                rc = requantize_blocks(cc, t[1], ic, params, scan=True, chroma=True)
             else:
                 ry, rc = cy, cc
             ky, kc = torch.round(ry / t[0]), torch.round(rc / t[1])  # what the encoder's quantizer writes
@@ -336,7 +338,8 @@ def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[
             hi = q
             score, obj = search.score(q, params, background_weight) if ladder else (0.0, 0.0)
             tried.append({"quality": q, "strength": params.strength if params else 1,
-                          "keep": params.keep if params else 64, "predicted_bytes": round(search.predict(q, params)),
+                          "keep": params.keep if params else 64,
+                          "lam": params.lam if params else 0, "predicted_bytes": round(search.predict(q, params)),
                           "object_psnr": round(obj, 3)})
             if best is not None and score <= best[0] and params is not None:
                 break  # gentler settings only lose from here
@@ -347,7 +350,8 @@ def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[
         _, q, params = best
         data = search.encode(q, params)
         tried.append({"quality": q, "strength": params.strength if params else 1,
-                      "keep": params.keep if params else 64, "bytes": len(data)})
+                      "keep": params.keep if params else 64, "lam": params.lam if params else 0,
+                      "bytes": len(data)})
         if len(data) <= budget:
             if fit is not None and (fit.quality, fit.params) == (q, params):
                 break  # the recalibrated search comes back to the same file
@@ -431,7 +435,7 @@ def save_jpeg(image, dest=None, *, quality: int | None = None, match_quality: in
     steer = roi_map([detections], block=8, config=roi, device=dev).importance
     # What the score counts as object: the reported boxes, each fully (times its class priority).
     # Weaker boxes still steer the quantizer (protected), but never veto a gain on the real objects.
-    counted = replace(roi, conf_full=max(conf, 1e-6))
+    counted = replace(roi, conf_full=max(conf, 1e-6), margin=0.0, feather=0.0)
     weight = roi_map([reported], block=8, config=counted, device=dev).importance[0]
     search = _Search(pic, steer, weight, enc, dev)
     active = bool(steer.max() > 0)

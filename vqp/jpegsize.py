@@ -16,10 +16,22 @@ import io
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from .quant import ZIGZAG
 
+
+def _zigzag_rank() -> torch.Tensor:
+    """Position of each natural-order coefficient in the JPEG zigzag scan, as an 8x8 tensor."""
+    order = sorted(((u, v) for u in range(8) for v in range(8)),
+                   key=lambda p: (p[0] + p[1], p[1] if (p[0] + p[1]) % 2 else p[0]))
+    rank = torch.empty(8, 8)
+    for i, (u, v) in enumerate(order):
+        rank[u, v] = i
+    return rank
+
+
+ZIGZAG = _zigzag_rank()
 # natural-order index of each zigzag position: coef.flatten(-2)[..., ZZ] is in scan order
 ZZ = torch.argsort(ZIGZAG.flatten()).tolist()
 
@@ -118,8 +130,71 @@ def zigzag(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(-2)[..., ZZ].unflatten(-1, (8, 8))
 
 
+def unzigzag(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``zigzag``."""
+    return x.flatten(-2)[..., ZIGZAG.flatten().long()].unflatten(-1, (8, 8))
+
+
 # the zigzag rank of each position of a block already in scan order (for vqp.quant.requantize_blocks)
 SCAN_RANK = torch.arange(64.0).reshape(8, 8)
+
+
+def rd_levels(u: torch.Tensor, lam: torch.Tensor, chroma: bool = False, passes: int = 2) -> torch.Tensor:
+    """Rate-distortion-optimised levels: ``u`` (..., 64) are coefficients in units of their
+    quantizer step, in zigzag scan order, and ``lam`` (broadcastable to (..., 1)) the squared
+    level error a block accepts per bit saved (0: plain rounding, what the encoder does).
+
+    Coarser steps cost JPEG dearly: a background coefficient rounded to a multiple m of the
+    encoder's step is still coded with the magnitude bits of its multiple, so it pays in error
+    without saving the bits. The bits go with the zeros. A nonzero AC costs its Huffman run/size
+    code (standard tables) plus its extra bits, so each block is cut where error + lam * bits is
+    least (everything after the cut goes, and the end-of-block code comes earlier); then each
+    remaining AC stays, drops one magnitude category (one extra bit fewer) or goes to zero,
+    whichever costs least, counting that a zero lengthens the next coefficient's run; then the
+    cut is taken again. The DC stays: its error shows as block steps.
+    """
+    v = torch.round(u)
+    if not bool((lam > 0).any()):
+        return v
+    lengths = standard_code_lengths()[3 if chroma else 1].to(u.device)
+    zrl, eob = lengths[0xF0], lengths[0x00]
+    pos = torch.arange(1, 64, device=u.device)
+    a, ua = v[..., 1:], u[..., 1:]
+
+    def code(run, size):  # Huffman bits of a run/size symbol, with the ZRLs of a run over 15
+        return lengths[((run & 15) * 16 + size.long()).clamp(0, 255)] + zrl * (run >> 4)
+
+    def runs(a):
+        nz = a != 0
+        prev = F.pad(torch.where(nz, pos, 0).cummax(-1).values[..., :-1], (1, 0))  # last nonzero before (0: DC)
+        return nz, pos - prev - 1, _category(a)
+
+    def cut(a):  # keep positions < k, for the k with the least error + lam * bits
+        nz, run, size = runs(a)
+        bits = torch.where(nz, code(run, size) + size, 0)
+        err, gone = (ua - a) ** 2, ua * ua
+        kept = F.pad(torch.cumsum(err + lam * bits - gone, -1), (1, 0))  # (..., 64): cut before position k + 1
+        last = torch.where(nz[..., -1:], 0, eob)  # a block coded to its 63rd AC needs no end-of-block code
+        cost = kept + lam * torch.cat([eob.expand_as(kept[..., 1:]), last], -1)
+        k = torch.argmin(cost, -1, keepdim=True)  # coefficients 1..k stay
+        return torch.where(pos <= k, a, 0.0)
+
+    a = cut(a)
+    for _ in range(passes - 1):
+        nz, run, size = runs(a)
+        after = F.pad(torch.where(nz, pos, 64).flip(-1).cummin(-1).values.flip(-1)[..., 1:], (0, 1), value=64)
+        run_next = after - pos - 1
+        size_next = size.gather(-1, (after - 1).clamp(max=62))
+        longer = torch.where(after < 64, code(run + 1 + run_next, size_next) - code(run_next, size_next), 0)
+        err = (ua - a) ** 2
+        down = torch.sign(a) * (torch.exp2(size - 1) - 1)  # the largest level one category lower
+        cost_zero = ua * ua - err - lam * (code(run, size) + size - longer)
+        cost_down = torch.where(size >= 2, (ua - down) ** 2 - err - lam * (1 + code(run, size) - code(run, size - 1)),
+                                torch.inf)
+        a = torch.where(nz & (cost_zero < 0) & (cost_zero <= cost_down), 0.0,
+                        torch.where(nz & (cost_down < 0) & (cost_down < cost_zero), down, a))
+        a = cut(a)
+    return torch.cat([v[..., :1], a], -1)
 
 
 def header_bytes(meta_bytes: int = 0) -> int:

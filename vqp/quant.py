@@ -3,9 +3,11 @@
 Works on a batch of RGB frames as torch tensors (CPU or CUDA, no per-block Python loops):
 JFIF YCbCr, chroma averaged 2x2 for 4:2:0 exactly like the encoder, orthonormal 8x8 DCT (the
 JPEG FDCT), then each block's coefficients are rounded to multiples of the encoder's step times
-a per-block multiplier that grows from 1 (object) to ``strength`` (background). Background
-blocks can also drop their high frequencies. Blocks of importance 1 keep their original pixels,
-and a frame with no importance anywhere is returned bit-identical.
+a per-block multiplier that grows from 1 (object) to ``strength`` (background), and/or given
+rate-distortion levels (``lam``: the zeros that save the most bits for the least error, see
+vqp.jpegsize.rd_levels). Background blocks can also drop their high frequencies. Blocks of
+importance 1 keep their original pixels, and a frame with no importance anywhere is returned
+bit-identical.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .jpegsize import SCAN_RANK, ZIGZAG, rd_levels, unzigzag, zigzag
 from .types import RoiMap
 
 # JPEG Annex K base tables (natural order) and libjpeg's quality scaling.
@@ -33,16 +36,6 @@ def annex_k_tables(quality: int) -> torch.Tensor:
     return torch.clamp(torch.floor((t * s + 50) / 100), 1, 255).reshape(2, 8, 8)
 
 
-def _zigzag_rank() -> torch.Tensor:
-    """Position of each natural-order coefficient in the JPEG zigzag scan, as an 8x8 tensor."""
-    order = sorted(((u, v) for u in range(8) for v in range(8)),
-                   key=lambda p: (p[0] + p[1], p[1] if (p[0] + p[1]) % 2 else p[0]))
-    rank = torch.empty(8, 8)
-    for i, (u, v) in enumerate(order):
-        rank[u, v] = i
-    return rank
-
-
 def _dct_matrix() -> torch.Tensor:
     k = torch.arange(8, dtype=torch.float64)[:, None]
     n = torch.arange(8, dtype=torch.float64)[None, :]
@@ -52,7 +45,6 @@ def _dct_matrix() -> torch.Tensor:
 
 
 DCT = _dct_matrix()
-ZIGZAG = _zigzag_rank()
 
 # JFIF (full-range BT.601) colour conversion, as in libjpeg.
 RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
@@ -66,12 +58,15 @@ class QuantParams:
 
     strength: step multiplier for importance-0 blocks (1 = the encoder's own step).
     keep: zigzag coefficients kept in importance-0 blocks (64 = all; 1 = DC only).
-    dc_strength: cap on the DC step multiplier; a coarse DC shows as visible block steps.
+    dc_strength: step multiplier for the DC of importance-0 blocks; a coarse DC shows as block steps.
+    lam: rate-distortion trade for importance-0 blocks (vqp.jpegsize.rd_levels): squared level
+        error accepted per bit saved; 0 rounds every coefficient like the encoder.
     """
 
     strength: float = 4.0
     keep: int = 64
     dc_strength: float = 2.0
+    lam: float = 0.0
 
 
 def blockify(x: torch.Tensor) -> torch.Tensor:
@@ -130,18 +125,27 @@ def prepare(rgb: torch.Tensor, subsampling: str = "4:2:0") -> Prepared:
 
 
 def requantize_blocks(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor, p: QuantParams,
-                      rank: torch.Tensor = ZIGZAG) -> torch.Tensor:
-    """Round coefficients to per-block steps; imp is (N, Hb, Wb) on this plane's block grid.
-    ``rank`` is each of the 8x8 positions' place in the zigzag scan (the default for natural order;
-    coefficients already laid out in scan order pass ``arange(64)``, DC first either way)."""
+                      scan: bool = False, chroma: bool = False) -> torch.Tensor:
+    """Round coefficients (..., 8, 8) to per-block steps; imp is (N, Hb, Wb) on this plane's block
+    grid. ``scan``: the coefficients (and the table) are laid out in zigzag scan order instead of
+    natural order. ``chroma`` picks the Huffman table the rate-distortion levels are costed with."""
     bg = (1 - imp)[:, None, :, :, None, None]  # (N, 1, Hb, Wb, 1, 1)
-    mult = 1 + (p.strength - 1) * bg
-    is_dc = torch.zeros(8, 8, device=coef.device)
-    is_dc[0, 0] = 1
-    mult = torch.where(is_dc.bool(), torch.clamp(mult, max=max(p.dc_strength, 1.0)), mult)
+    is_dc = torch.zeros(8, 8, device=coef.device, dtype=torch.bool)
+    is_dc[0, 0] = True
+    mult = torch.where(is_dc, 1 + (max(p.dc_strength, 1.0) - 1) * bg, 1 + (p.strength - 1) * bg)
     step = table.to(coef.device) * mult
-    q = torch.round(coef / step) * step
+    if p.lam > 0:
+        u = coef / step
+        u = u if scan else zigzag(u)
+        # geometric ramp: a half-important block gets sqrt(1 + lam) - 1, not lam / 2, so that weak
+        # boxes keep some protection at the ladder's hardest settings
+        lam = torch.pow(1 + p.lam, bg) - 1
+        q = rd_levels(u.flatten(-2), lam.flatten(-2), chroma).unflatten(-1, (8, 8))
+        q = (q if scan else unzigzag(q)) * step
+    else:
+        q = torch.round(coef / step) * step
     keep = 64 - (64 - p.keep) * bg  # zigzag positions kept, ramping with importance
+    rank = SCAN_RANK if scan else ZIGZAG
     return torch.where(rank.to(coef.device) < keep, q, torch.zeros_like(q))
 
 
@@ -155,7 +159,7 @@ def requantize(prep: Prepared, importance: torch.Tensor, tables: torch.Tensor,
     imp = F.pad(imp[:, None], (0, wp // 8 - imp.shape[-1], 0, hp // 8 - imp.shape[-2]), mode="replicate")[:, 0]
     imp_c = F.max_pool2d(imp[:, None], sub)[:, 0] if sub > 1 else imp  # an MCU is as important as its best block
     y = unblockify(idct2(requantize_blocks(prep.coef_y, tables[0], imp, params))) + 128
-    c = unblockify(idct2(requantize_blocks(prep.coef_c, tables[1], imp_c, params))) + 128
+    c = unblockify(idct2(requantize_blocks(prep.coef_c, tables[1], imp_c, params, chroma=True))) + 128
     hb, wb = imp.shape[1:]
     keep_y, keep_c = (imp == 1)[:, None], (imp_c == 1)[:, None]
     # Masks stay on the block grid and broadcast over a (.., rows, 8, cols, 8) view of each plane:
@@ -223,7 +227,7 @@ def quantize_planes(planes: list[torch.Tensor], importance: torch.Tensor, tables
         x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pw)], 2) if pw > 0 else x[:, :, : wb * 8]
         blocks = x.reshape(n, hb, 8, wb, 8).transpose(2, 3).clone()  # (N, hb, wb, 8, 8)
         coef = dct2(blocks[sel].float() - mid)[None, None, :, None]  # (1, 1, M, 1, 8, 8); M may be 0
-        q = requantize_blocks(coef, tables[min(k, 1)], imp[sel][None, :, None], params)
+        q = requantize_blocks(coef, tables[min(k, 1)], imp[sel][None, :, None], params, chroma=k > 0)
         blocks[sel] = torch.clamp(torch.round(idct2(q) + mid), 0, top).to(blocks.dtype)[0, 0, :, 0]
         out.append(blocks.transpose(2, 3).reshape(n, hb * 8, wb * 8)[:, : plane.shape[1], : plane.shape[2]])
     return out

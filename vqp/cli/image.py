@@ -86,7 +86,8 @@ def _mkdir(folder: Path) -> None:
 def _line(src: Path, dst: Path, r) -> str:
     """One human-readable summary line; sizes in bytes, so a difference of a few bytes shows."""
     n = len(r.detections)
-    how = f"strength {r.params.strength:g}" if r.params else "passed through"
+    p = r.params
+    how = "passed through" if p is None else f"background lam {p.lam:g}" if p.lam else f"strength {p.strength:g}"
     size = f"{r.size} B"
     if r.plain_bytes:
         size += f" vs {r.plain_bytes} B plain at q{r.reference_quality} ({r.size - r.plain_bytes:+d} B, " \

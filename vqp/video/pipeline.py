@@ -145,7 +145,7 @@ class Pipeline:
         self.device = torch.device(o.device or getattr(detector, "device", None) or "cpu")
         if o.uses_pixels:
             self.tables = self._tables()
-            self.params = QuantParams(o.strength, o.keep, o.dc_strength)
+            self.params = QuantParams(o.strength, o.keep, min(o.strength, o.dc_strength))
             levels = 1 << (self.depth - 8)  # --hold is in 8-bit levels
             self.holder = Holder(o.hold * levels if self.codec.inter else 0.0, self.codec.grid)
 

@@ -94,7 +94,7 @@ def match_range(o: VideoOptions) -> tuple[float, float]:
 
 def mjpeg_tables(o: VideoOptions, fmt: str) -> torch.Tensor:
     """The (2, 8, 8) tables FFmpeg's MJPEG encoder really writes (read back from its DQT marker)."""
-    from ..quant import ZIGZAG
+    from ..jpegsize import ZIGZAG
 
     cc = av.CodecContext.create("mjpeg", "w")
     configure(cc, o, fmt, 16, 16, Fraction(1, 25), Fraction(25), None)
