@@ -287,22 +287,34 @@ class _Search:
         return fixed + (real_ref - fixed) * est / max(est_ref, 1.0)
 
     def best_quality(self, params: QuantParams | None, budget: int, lo: int, hi: int = 100,
-                     real: bool = False, near_hi: bool = False) -> int | None:
+                     real: bool = False, near: int | None = None) -> int | None:
         """Largest quality in [lo, hi] whose file fits the budget (size grows with quality):
-        predicted, or with ``real`` encodes. ``near_hi``: the answer is expected just below hi
-        (a gentler setting than one that fitted at hi), so the search gallops down from there."""
+        predicted, or with ``real`` encodes. ``near``: where the answer is expected (a neighbouring
+        setting's quality); the search gallops out from there before it bisects."""
         size = (lambda q: len(self.encode(q, params))) if real else (lambda q: self.predict(q, params))
-        if near_hi:
-            step = 1
-            while hi >= lo and size(hi) > budget:
-                lo_next = hi - step
-                if lo_next < lo or size(lo_next) <= budget:
-                    lo, hi = max(lo, lo_next), hi - 1
-                    break
-                hi, step = lo_next - 1, step * 2
-            else:
-                return hi if hi >= lo else None
-        if lo > hi or size(lo) > budget:
+        if lo > hi:
+            return None
+        if near is not None:
+            q, step = min(max(near, lo), hi), 1
+            if size(q) <= budget:  # fits: gallop up
+                lo = q
+                while lo < hi:
+                    q = min(lo + step, hi)
+                    if size(q) > budget:
+                        hi = q - 1
+                        break
+                    lo, step = q, step * 2
+            else:  # too big: gallop down
+                hi = q - 1
+                while hi >= lo:
+                    q = max(hi - step + 1, lo)
+                    if size(q) <= budget:
+                        lo = q
+                        break
+                    hi, step = q - 1, step * 2
+                else:
+                    return None
+        elif size(lo) > budget:
             return None
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -320,7 +332,8 @@ def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[
     and caps its quality. With ``ref`` (match_quality) the plain file at ref always fits.
 
     The ladder is walked from its hardest setting down: a gentler setting fits only at a lower
-    quality than a harder one, and the walk stops once the score falls."""
+    quality than a harder one (so its search gallops down from there), and the walk stops once
+    the score falls."""
     caps: dict = {}
     tried: list[dict] = []
     lo = ref or 1
@@ -332,15 +345,14 @@ def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[
                 q = ref
             else:
                 top = min(hi, caps.get(params, 100))
-                q = search.best_quality(params, budget, lo, top, near_hi=best is not None)
+                q = search.best_quality(params, budget, lo, top, near=top if best is not None else None)
             if q is None:
                 continue
             hi = q
             score, obj = search.score(q, params, background_weight) if ladder else (0.0, 0.0)
             tried.append({"quality": q, "strength": params.strength if params else 1,
-                          "keep": params.keep if params else 64,
-                          "lam": params.lam if params else 0, "predicted_bytes": round(search.predict(q, params)),
-                          "object_psnr": round(obj, 3)})
+                          "keep": params.keep if params else 64, "lam": params.lam if params else 0,
+                          "predicted_bytes": round(search.predict(q, params)), "object_psnr": round(obj, 3)})
             if best is not None and score <= best[0] and params is not None:
                 break  # gentler settings only lose from here
             if best is None or score > best[0]:
