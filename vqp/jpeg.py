@@ -25,7 +25,7 @@ from .detect import DETECT_CONF, Detector, shared_detector
 from .errors import VqpError
 from .imageio import Picture, load_image, write_atomic
 from .jpegsize import header_bytes, scan_bits, zigzag
-from .quant import Prepared, QuantParams, annex_k_tables, prepare, requantize, requantize_blocks
+from .quant import Prepared, QuantParams, annex_k_tables, prepare, quantize, requantize_blocks
 from .roi import ROI_CONF, RoiConfig, roi_map
 from .types import Detections
 
@@ -267,7 +267,7 @@ class _Search:
             rgb = self.pic.rgb
             if params is not None:
                 t = self.enc.tables(quality)
-                rgb = requantize(self.prep, self.imp, t, params)[0].permute(1, 2, 0).cpu().numpy()
+                rgb = quantize(self.prep.rgb, self.imp, t, params, self.enc.subsampling)[0].permute(1, 2, 0).cpu().numpy()
             self._cache[key] = self.enc.encode(np.ascontiguousarray(rgb), quality, **self.pic.metadata())
             self.calibrate(quality, params)
         return self._cache[key]

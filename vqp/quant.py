@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .jpegsize import SCAN_RANK, ZIGZAG, rd_levels, unzigzag, zigzag
+from .jpegsize import SCAN_RANK, ZIGZAG, ZZ, rd_levels, unzigzag, zigzag
 from .types import RoiMap
 
 # JPEG Annex K base tables (natural order) and libjpeg's quality scaling.
@@ -50,6 +50,7 @@ DCT = _dct_matrix()
 RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 YCC2RGB = torch.linalg.inv(RGB2YCC.double()).float()
 OFFSET = torch.tensor([0.0, 128.0, 128.0])
+LEVEL = 8 * 128.0  # JPEG's level shift of 128, as the DC of an orthonormal 8x8 DCT
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ def idct2(c: torch.Tensor) -> torch.Tensor:
 
 
 def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Apply a 3x3 colour matrix to (N, 3, H, W) as one batched matmul (no permute copies)."""
-    return (m.to(x.device) @ x.flatten(2)).view_as(x)
+    """Apply a (K, C) colour matrix to (N, C, H, W) as one batched matmul (no permute copies)."""
+    return (m.to(x.device) @ x.flatten(2)).view(x.shape[0], m.shape[0], *x.shape[2:])
 
 
 @dataclass
@@ -130,10 +131,9 @@ def requantize_blocks(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor
     grid. ``scan``: the coefficients (and the table) are laid out in zigzag scan order instead of
     natural order. ``chroma`` picks the Huffman table the rate-distortion levels are costed with."""
     bg = (1 - imp)[:, None, :, :, None, None]  # (N, 1, Hb, Wb, 1, 1)
-    is_dc = torch.zeros(8, 8, device=coef.device, dtype=torch.bool)
-    is_dc[0, 0] = True
-    mult = torch.where(is_dc, 1 + (max(p.dc_strength, 1.0) - 1) * bg, 1 + (p.strength - 1) * bg)
-    step = table.to(coef.device) * mult
+    extra = torch.full((8, 8), p.strength - 1.0, device=coef.device)  # multiplier - 1 at importance 0
+    extra[0, 0] = max(p.dc_strength, 1.0) - 1
+    step = table.to(coef.device) * (1 + bg * (extra.flatten()[ZZ].view(8, 8) if scan else extra))
     if p.lam > 0:
         u = coef / step
         u = u if scan else zigzag(u)
@@ -143,56 +143,66 @@ def requantize_blocks(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor
         q = rd_levels(u.flatten(-2), lam.flatten(-2), chroma).unflatten(-1, (8, 8))
         q = (q if scan else unzigzag(q)) * step
     else:
-        q = torch.round(coef / step) * step
+        q = (coef / step).round_().mul_(step)
+    if p.keep >= 64:
+        return q
     keep = 64 - (64 - p.keep) * bg  # zigzag positions kept, ramping with importance
     rank = SCAN_RANK if scan else ZIGZAG
-    return torch.where(rank.to(coef.device) < keep, q, torch.zeros_like(q))
-
-
-def requantize(prep: Prepared, importance: torch.Tensor, tables: torch.Tensor,
-               params: QuantParams = QuantParams()) -> torch.Tensor:
-    """Quantize a prepared batch; importance is (N, ceil(H/8), ceil(W/8)) on the 8x8 luma grid."""
-    rgb, sub = prep.rgb, prep.sub
-    n, _, h, w = rgb.shape
-    hp, wp = prep.ycc.shape[-2:]
-    imp = importance.to(prep.ycc.device, torch.float32)
-    imp = F.pad(imp[:, None], (0, wp // 8 - imp.shape[-1], 0, hp // 8 - imp.shape[-2]), mode="replicate")[:, 0]
-    imp_c = F.max_pool2d(imp[:, None], sub)[:, 0] if sub > 1 else imp  # an MCU is as important as its best block
-    y = unblockify(idct2(requantize_blocks(prep.coef_y, tables[0], imp, params))) + 128
-    c = unblockify(idct2(requantize_blocks(prep.coef_c, tables[1], imp_c, params, chroma=True))) + 128
-    hb, wb = imp.shape[1:]
-    keep_y, keep_c = (imp == 1)[:, None], (imp_c == 1)[:, None]
-    # Masks stay on the block grid and broadcast over a (.., rows, 8, cols, 8) view of each plane:
-    # no full-size mask is built. keep_y implies keep_c (an MCU is as important as its best block).
-    y = torch.where(_on_blocks(keep_y, 8), _blocks_view(prep.ycc[:, :1], 8), _blocks_view(y, 8))
-    if sub > 1:  # the encoder's 2x2 average gives c back
-        c = c[:, :, :, None, :, None].expand(-1, -1, -1, sub, -1, sub).reshape(n, 2, hp, wp)
-    c = torch.where(_on_blocks(keep_c, 8 * sub), _blocks_view(prep.ycc[:, 1:], 8 * sub), _blocks_view(c, 8 * sub))
-    ycc = torch.cat([y.reshape(n, 1, hp, wp), c.reshape(n, 2, hp, wp)], 1) - OFFSET.to(y.device)[None, :, None, None]
-    out = torch.clamp(torch.round(_mix(YCC2RGB, ycc)), 0, 255).to(torch.uint8)
-    src = F.pad(rgb, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else rgb
-    out = torch.where(_on_blocks(keep_y, 8), _blocks_view(src, 8), _blocks_view(out, 8)).reshape(n, 3, hp, wp)
-    active = imp.flatten(1).amax(1) > 0  # no detection: the frame passes through bit-identical
-    out = out[:, :, :h, :w]
-    return out if bool(active.all()) else torch.where(active[:, None, None, None], out, rgb)
-
-
-def _blocks_view(x: torch.Tensor, b: int) -> torch.Tensor:
-    """(N, C, H, W) as (N, C, H/b, b, W/b, b) without a copy."""
-    n, c, h, w = x.shape
-    return x.reshape(n, c, h // b, b, w // b, b)
-
-
-def _on_blocks(mask: torch.Tensor, b: int) -> torch.Tensor:
-    """A (N, 1, Hb, Wb) block mask broadcastable against _blocks_view(x, b)."""
-    return mask[:, :, :, None, :, None]
+    return torch.where(rank.to(coef.device) < keep, q, 0.0)
 
 
 def quantize(rgb: torch.Tensor, roi: RoiMap | torch.Tensor, tables: torch.Tensor,
              params: QuantParams = QuantParams(), subsampling: str = "4:2:0") -> torch.Tensor:
-    """One-shot: quantize (N, 3, H, W) uint8 RGB frames with an 8x8-grid importance map."""
+    """Quantize (N, 3, H, W) uint8 RGB frames with an importance map (N, ceil(H/8), ceil(W/8)) on
+    the 8x8 luma grid.
+
+    Only the MCUs (16x16 for 4:2:0) with a block below importance 1, in frames with any importance,
+    are converted, transformed and written back; the rest of the output is the input, so the cost
+    follows the background's area, not the frame's. A luma block of importance 1 keeps its pixels,
+    and an MCU's chroma is as important as its best luma block.
+    """
+    if rgb.dtype != torch.uint8 or rgb.dim() != 4 or rgb.shape[1] != 3:
+        raise ValueError("expected an (N, 3, H, W) uint8 RGB tensor")
     imp = roi.importance if isinstance(roi, RoiMap) else roi
-    return requantize(prepare(rgb, subsampling), imp, tables, params)
+    sub = {"4:2:0": 2, "4:4:4": 1}[subsampling]
+    m = 8 * sub
+    n, _, h, w = rgb.shape
+    hm, wm = -(-h // m), -(-w // m)
+    imp = imp.to(rgb.device, torch.float32)
+    imp = F.pad(imp[:, None], (0, wm * sub - imp.shape[-1], 0, hm * sub - imp.shape[-2]), mode="replicate")[:, 0]
+    blocks = imp.view(n, hm, sub, wm, sub).transpose(2, 3)  # (N, Hm, Wm, sub, sub): luma blocks per MCU
+    active = imp.flatten(1).amax(1) > 0  # no detection: the frame passes through bit-identical
+    todo = (blocks < 1).flatten(3).any(3) & active[:, None, None]
+    if not bool(todo.any()):
+        return rgb
+    ni, yi, xi = todo.nonzero(as_tuple=True)
+    src = F.pad(rgb, (0, wm * m - w, 0, hm * m - h), mode="replicate") if (hm * m, wm * m) != (h, w) else rgb
+    tiles = src.view(n, 3, hm, m, wm, m)[ni, :, yi, :, xi]  # (M, 3, m, m): only the MCUs to requantize
+    f = tiles.float()
+    # The colour transform is linear: chroma is converted after the encoder's 2x2 average, at a quarter
+    # of the pixels, and the 128 level shift is a DC offset of 8 * 128 (orthonormal DCT).
+    y = _mix(RGB2YCC[:1], f).view(-1, sub, 8, sub, 8).transpose(2, 3)  # (M, sub, sub, 8, 8)
+    c = _mix(RGB2YCC[1:], F.avg_pool2d(f, sub) if sub > 1 else f)  # (M, 2, 8, 8), centred on 0
+    iy = blocks[ni, yi, xi]  # (M, sub, sub)
+    ic = iy.flatten(1).amax(1)[:, None, None]
+    cy = dct2(y)[:, None]
+    cy[..., 0, 0] -= LEVEL
+    qy = requantize_blocks(cy, tables[0], iy, params)
+    qy[..., 0, 0] += LEVEL
+    qc = requantize_blocks(dct2(c)[:, :, None, None], tables[1], ic, params, chroma=True)
+    y = idct2(qy)[:, 0].transpose(2, 3).reshape(-1, 1, 8, sub, 8, sub)
+    rgb_c = _mix(YCC2RGB[:, 1:], idct2(qc)[:, :, 0, 0])[:, :, :, None, :, None]  # each chroma sample, 2x2 luma
+    out = (y + rgb_c).round_().clamp_(0, 255).to(torch.uint8).view(-1, 3, m, m)  # in place: no extra float copies
+    edge = (ic.view(-1) == 1).nonzero()[:, 0]  # MCUs with an important block keep their own chroma...
+    if len(edge):
+        own = y[edge].view(-1, 1, m, m) + _mix(YCC2RGB[:, 1:], _mix(RGB2YCC[1:], f[edge]))
+        own = torch.clamp(torch.round(own), 0, 255).to(torch.uint8)
+        keep = (iy[edge] == 1).view(-1, 1, sub, 1, sub, 1)  # ...and important luma blocks their pixels
+        out[edge] = torch.where(keep, tiles[edge].view(-1, 3, sub, 8, sub, 8),
+                                own.view(-1, 3, sub, 8, sub, 8)).view(-1, 3, m, m)
+    res = src.clone()
+    res.view(n, 3, hm, m, wm, m)[ni, :, yi, :, xi] = out
+    return res[:, :, :h, :w] if res.shape[-2:] != (h, w) else res
 
 
 def quantize_planes(planes: list[torch.Tensor], importance: torch.Tensor, tables: torch.Tensor,
