@@ -32,6 +32,8 @@ class Codec:
     encoder as they are; ``settings`` are vqp.video.VideoOptions fields (method, roi_object, ...).
     ``model`` is the detector that steers this vqp codec (default: the config's), so one run can set
     an original and a repaired checkpoint side by side; the measured object region does not change.
+    ``detector`` (images) sets how the steering detector runs for this codec: ``imgsz``, ``augment``
+    (test-time augmentation), ``conf``; the time it takes is recorded per image (``detect_seconds``).
     """
 
     name: str
@@ -43,6 +45,7 @@ class Codec:
     options: dict = field(default_factory=dict, hash=False, compare=False)
     settings: dict = field(default_factory=dict, hash=False, compare=False)
     model: str | None = None
+    detector: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -59,7 +62,8 @@ class Codec:
         """Everything that changes this codec's output, for the cache of finished points."""
         return repr((self.encoder, self.vqp, self.equal_bytes, sorted(self.options.items()))
                     + ((tuple(sorted(self.settings.items())),) if self.settings else ())
-                    + ((model_id(self.model),) if self.model else ()))
+                    + ((model_id(self.model),) if self.model else ())
+                    + ((tuple(sorted(self.detector.items())),) if self.detector else ()))
 
     @classmethod
     def from_config(cls, d: dict, default_grid: dict) -> "Codec":
@@ -75,14 +79,18 @@ class Codec:
         grid = d.pop("grid", None) or default_grid.get(kind)
         if not grid:
             raise VqpError(f"codec {d['name']}: no grid (give 'grid' or a default 'grid: {{{kind}: [...]}}')")
-        unknown = set(d) - {"name", "encoder", "vqp", "equal_bytes", "anchors", "options", "settings", "model"}
+        unknown = set(d) - {"name", "encoder", "vqp", "equal_bytes", "anchors", "options", "settings", "model",
+                           "detector"}
         if unknown:
             raise VqpError(f"codec {d['name']}: unknown keys {', '.join(sorted(unknown))}")
         if d.get("model") and (not d.get("vqp") or kind == "image"):
             raise VqpError(f"codec {d['name']}: 'model' sets the detector of a vqp clip codec only")
+        det = dict(d.get("detector") or {})
+        if det and (not d.get("vqp") or kind != "image" or set(det) - {"imgsz", "augment", "conf"}):
+            raise VqpError(f"codec {d['name']}: 'detector' takes imgsz, augment and conf, for a vqp image codec")
         return cls(d["name"], enc, tuple(grid), bool(d.get("vqp", False)), d.get("equal_bytes"),
                    tuple(d.get("anchors", ())), dict(d.get("options", {})), dict(d.get("settings", {})),
-                   d.get("model"))
+                   d.get("model"), det)
 
 
 @lru_cache(maxsize=None)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +184,7 @@ class Runner:
         self.detector = load_detector(cfg.model, conf=cfg.map_conf)
         self._roi_detector = None
         self._video_detectors: dict = {}  # model -> loaded detector
+        self._steer_detectors: dict = {}  # an image codec's detector settings -> loaded detector
         self.tag = f"roi{cfg.roi_conf:g}/region{cfg.region_conf:g}"  # in every key: these change the results
         self.gt: dict[str, dict] = {}     # group -> item -> (boxes, classes, h, w)
         self.records: list[dict] = []
@@ -211,6 +213,23 @@ class Runner:
             d([np.zeros((DETECT_SIZE, DETECT_SIZE, 3), np.uint8)])  # warm: wall times are per clip
             self._video_detectors[model] = d
         return self._video_detectors[model]
+
+    def steer(self, c: Codec, rgb: np.ndarray, default: Detections) -> tuple[Detections, float | None]:
+        """(boxes that steer image codec ``c``, seconds its own detector took): the shared detection
+        unless the codec sets ``detector`` (input size, test-time augmentation, threshold)."""
+        if not c.detector:
+            return default, None
+        key = tuple(sorted(c.detector.items()))
+        if key not in self._steer_detectors:
+            from vqp.detect import load_detector
+
+            opts = {"conf": self.cfg.roi_conf, **c.detector}
+            d = load_detector(self.cfg.model, **opts)
+            d([rgb])  # warm-up: times are per image
+            self._steer_detectors[key] = d
+        t = time.perf_counter()
+        dets = self._steer_detectors[key]([rgb])[0]
+        return dets, time.perf_counter() - t
 
     def run(self) -> list[dict]:
         cfg = self.cfg
@@ -264,11 +283,14 @@ class Runner:
                     if c.equal_bytes:
                         base = next(x for x in cfg.codecs if x.name == c.equal_bytes)
                         budget = self.cache.get(f"{group}|{dkey}|{s.name}|{base.name}|{base.key()}|{v}|{self.tag}")["bytes"]
-                    data, q = encode_image(c, s.rgb, v, roi, budget)
+                    steer, took = self.steer(c, s.rgb, roi)
+                    data, q = encode_image(c, s.rgb, v, steer, budget)
                     out = decode_image(data)
                     rec = {"key": key, "group": group, "item": s.name, "codec": c.name, "value": v, "quality": q,
                            "bytes": len(data), "pixels": h * w, "bpp": len(data) * 8 / (h * w),
                            "vqp_src": VQP_SRC, **_scores(s.rgb, out, s.boxes, region)}
+                    if took is not None:
+                        rec["detect_seconds"] = took
                     if labelled:
                         rec["dets"] = _dets(detect(out))
                     self.cache.add(rec)
@@ -345,7 +367,7 @@ def summarize(records: list[dict], gt: dict) -> list[dict]:
         groups.setdefault((r["group"], r["codec"], r["value"]), []).append(r)
     for (group, codec, value), rs in groups.items():
         row = {"group": group, "codec": codec, "value": value, "n": len(rs)}
-        for k in ("bytes", "bpp", "kbps", "quality", "seconds", "fps"):
+        for k in ("bytes", "bpp", "kbps", "quality", "seconds", "fps", "detect_seconds"):
             if k in rs[0]:
                 row[k] = _nanmean([r.get(k) for r in rs])
         for m in METRICS:

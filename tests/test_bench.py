@@ -57,6 +57,19 @@ def test_run_writes_every_output_and_resumes(tiny, tmp_path, monkeypatch, capsys
     assert json.loads((out / "points.json").read_text()) == points
 
 
+def test_codec_with_its_own_steering_detector(tmp_path):
+    """A vqp image codec's ``detector`` runs its own detector (here a smaller input and a higher
+    threshold), times it per image, and keys its points apart from the default's."""
+    p = tmp_path / "steer.yaml"
+    p.write_text(TINY.replace("limit: 2", "limit: 1").replace("[20, 60]", "[50]")
+                 + "  - {name: small, encoder: pillow, vqp: true, equal_bytes: plain, detector: {imgsz: 320, conf: 0.3}}\n")
+    out = tmp_path / "run"
+    assert main([str(p), "--out", str(out), "--no-progress"]) == 0
+    points = {q["codec"]: q for q in json.loads((out / "points.json").read_text())}
+    assert points["small"]["detect_seconds"] > 0 and "detect_seconds" not in points["vqp"]
+    assert points["small"]["key"] != points["vqp"]["key"] and points["small"]["bytes"] <= points["plain"]["bytes"]
+
+
 def test_bd_rate_sign():
     anchor = [(r, 30 + 4 * i) for i, r in enumerate((0.5, 1.0, 1.5, 2.0))]
     cheaper = [(r * 0.8, q) for r, q in anchor]  # same quality for 20% fewer bits
@@ -85,6 +98,8 @@ def test_coco_map_perfect_and_empty():
     ("datasets: [{kind: mnist}]\ncodecs: [{name: a, encoder: pillow, grid: [1]}]", "kind must be one of"),
     ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow}]", "no grid"),
     ("datasets: [\n", "not valid YAML"),
+    ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1], detector: {imgsz: 320}}]",
+     "'detector' takes"),
     ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1]}]\nthreds: 2", "unknown keys threds"),
 ])
 def test_bad_config(tmp_path, capsys, text, msg):

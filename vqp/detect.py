@@ -41,7 +41,8 @@ class YoloDetector:
     """Ultralytics backend: batched, CUDA when available, class and confidence filters."""
 
     def __init__(self, source: str, *, conf: float = DETECT_CONF, imgsz: int = 640,
-                 classes: Iterable[int | str] | None = None, device: str | None = None, batch: int = 8):
+                 classes: Iterable[int | str] | None = None, device: str | None = None, batch: int = 8,
+                 augment: bool = False):
         if not (source.endswith(".pt") and "/" not in source and not os.path.exists(source)):
             os.environ.setdefault("YOLO_OFFLINE", "true")  # local file: never reach for the network
         from ultralytics import YOLO
@@ -52,6 +53,7 @@ class YoloDetector:
             raise VqpError(f"cannot load detector {source!r}: {one_line(e)}") from None
         self.names = dict(self.model.names)
         self.conf, self.imgsz, self.batch = conf, imgsz, batch
+        self.augment = augment  # Ultralytics' test-time augmentation (flips and scales, merged)
         self.classes = class_ids(self.names, classes)
         self.device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
         self.source = source
@@ -62,7 +64,7 @@ class YoloDetector:
         for i in range(0, len(arrays), self.batch):
             chunk = [a[:, :, ::-1] for a in arrays[i:i + self.batch]]  # Ultralytics takes BGR arrays
             results = self.model.predict(chunk, conf=self.conf, imgsz=self.imgsz, classes=self.classes,
-                                         device=self.device, verbose=False)
+                                         device=self.device, augment=self.augment, verbose=False)
             for a, r in zip(arrays[i:i + self.batch], results):
                 b = r.boxes
                 xyxy, conf, cls = (b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(int))
