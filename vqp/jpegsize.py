@@ -150,8 +150,8 @@ def rd_levels(u: torch.Tensor, lam: torch.Tensor, chroma: bool = False, passes: 
     code (standard tables) plus its extra bits, so each block is cut where error + lam * bits is
     least (everything after the cut goes, and the end-of-block code comes earlier); then each
     remaining AC stays, drops one magnitude category (one extra bit fewer) or goes to zero,
-    whichever costs least, counting that a zero lengthens the next coefficient's run; then the
-    cut is taken again. The DC stays: its error shows as block steps.
+    whichever costs least, counting that a zero lengthens the next coefficient's run (a second
+    cut after that changed nothing on coco128). The DC stays: its error shows as block steps.
     """
     v = torch.round(u)
     lam = lam.expand(*u.shape[:-1], 1).reshape(-1)
@@ -211,7 +211,6 @@ def _rd_ac(ua: torch.Tensor, a: torch.Tensor, lam: torch.Tensor, bits: tuple, pa
                                 torch.inf)
         a = torch.where(nz & (cost_zero < 0) & (cost_zero <= cost_down), 0.0,
                         torch.where(nz & (cost_down < 0) & (cost_down < cost_zero), down, a))
-        a = cut(a)
     return a
 
 
