@@ -97,12 +97,13 @@ def main() -> int:
     ap.add_argument("--max-unlabelled", type=int)
     ap.add_argument("--clusters", type=int)
     ap.add_argument("--device")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (1 when two runs share 2 cores)")
     ap.add_argument("--tag", default="", help="suffix for the files copied next to RESULTS.md")
     ap.add_argument("--bn-stats", action="store_true", help="let BatchNorm update its statistics (first run)")
     ap.add_argument("--out", default="out/repair-bench")
     ap.add_argument("--check-map", action="store_true", help="only compare our mAP with Ultralytics' model.val")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     if a.check_map:
         check_map()
         return 0
