@@ -338,6 +338,7 @@ def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[
     tried: list[dict] = []
     lo = ref or 1
     fit, fit_score = None, -math.inf
+    last: dict = {}  # each setting's quality in the previous round: a recalibrated search starts there
     for _ in range(CONFIRMS):
         best, hi = None, 100
         for params in [*reversed(ladder), None]:
@@ -345,10 +346,10 @@ def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[
                 q = ref
             else:
                 top = min(hi, caps.get(params, 100))
-                q = search.best_quality(params, budget, lo, top, near=top if best is not None else None)
+                q = search.best_quality(params, budget, lo, top, near=top if best is not None else last.get(params))
             if q is None:
                 continue
-            hi = q
+            hi = last[params] = q
             score, obj = search.score(q, params, background_weight) if ladder else (0.0, 0.0)
             tried.append({"quality": q, "strength": params.strength if params else 1,
                           "keep": params.keep if params else 64, "lam": params.lam if params else 0,
