@@ -325,6 +325,12 @@ class _Search:
         return lo
 
 
+def _candidate(quality: int, params: QuantParams | None, **measured) -> dict:
+    """One line of JpegResult.candidates: the setting (plain: strength 1, all coefficients, lambda 0)."""
+    p = params or QuantParams(1, 64, 1)
+    return {"quality": quality, "strength": p.strength, "keep": p.keep, "lam": p.lam, **measured}
+
+
 def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[QuantParams],
                 background_weight: float, reported: Detections) -> JpegResult:
     """The best-scoring candidate whose file fits ``budget``, chosen on predicted sizes and scores and
@@ -351,9 +357,8 @@ def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[
                 continue
             hi = last[params] = q
             score, obj = search.score(q, params, background_weight) if ladder else (0.0, 0.0)
-            tried.append({"quality": q, "strength": params.strength if params else 1,
-                          "keep": params.keep if params else 64, "lam": params.lam if params else 0,
-                          "predicted_bytes": round(search.predict(q, params)), "object_psnr": round(obj, 3)})
+            tried.append(_candidate(q, params, predicted_bytes=round(search.predict(q, params)),
+                                    object_psnr=round(obj, 3)))
             if best is not None and score <= best[0] and params is not None:
                 break  # gentler settings only lose from here
             if best is None or score > best[0]:
@@ -362,9 +367,7 @@ def _equal_size(search: _Search, budget: int, ref: int | None, ladder: Sequence[
             break
         _, q, params = best
         data = search.encode(q, params)
-        tried.append({"quality": q, "strength": params.strength if params else 1,
-                      "keep": params.keep if params else 64, "lam": params.lam if params else 0,
-                      "bytes": len(data)})
+        tried.append(_candidate(q, params, bytes=len(data)))
         if len(data) <= budget:
             if fit is not None and (fit.quality, fit.params) == (q, params):
                 break  # the recalibrated search comes back to the same file
