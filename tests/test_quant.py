@@ -142,3 +142,20 @@ def test_rd_background_keeps_objects(astronaut):
     assert torch.equal(out[..., 32:160, 160:320], x[..., 32:160, 160:320])
     a = out[0].permute(1, 2, 0).numpy()
     assert _jpeg_size(a, 50) < 0.8 * _jpeg_size(astronaut, 50)
+
+
+def test_chunks_do_not_change_the_result(astronaut, monkeypatch):
+    """Large photos are requantized a bounded number of MCUs (and blocks) at a time; the output is
+    the same as in one piece."""
+    import vqp.jpegsize
+    import vqp.quant
+
+    x = _tensor(astronaut)
+    imp = torch.zeros(1, 64, 64)
+    imp[:, 4:20, 20:40] = 1
+    imp[:, 20:22, 20:40] = 0.5
+    whole = [quantize(x, imp, annex_k_tables(50), p) for p in (QuantParams(1, 64, 2, 16), QuantParams(8, 6))]
+    monkeypatch.setattr(vqp.quant, "CHUNK", 37)
+    monkeypatch.setattr(vqp.jpegsize, "CHUNK", 53)
+    assert all(torch.equal(w, quantize(x, imp, annex_k_tables(50), p))
+               for w, p in zip(whole, (QuantParams(1, 64, 2, 16), QuantParams(8, 6))))

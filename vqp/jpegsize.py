@@ -157,10 +157,13 @@ def rd_levels(u: torch.Tensor, lam: torch.Tensor, chroma: bool = False, passes: 
     lam = lam.expand(*u.shape[:-1], 1).reshape(-1)
     flat = v.view(-1, 64)
     todo = (lam > 0) & (flat[:, 1:] != 0).any(1)  # blocks with nothing to trade are left alone
-    if bool(todo.any()):
-        flat[todo, 1:] = _rd_ac(u.reshape(-1, 64)[todo, 1:], flat[todo, 1:], lam[todo, None],
-                                _run_size_bits(chroma, str(u.device)), passes)
+    bits, uf = _run_size_bits(chroma, str(u.device)), u.reshape(-1, 64)
+    for part in todo.nonzero()[:, 0].split(CHUNK):  # bounded memory: a few dozen temporaries per block
+        flat[part, 1:] = _rd_ac(uf[part, 1:], flat[part, 1:], lam[part, None], bits, passes)
     return v
+
+
+CHUNK = 1 << 16  # blocks whose levels are decided at a time
 
 
 @lru_cache(maxsize=None)

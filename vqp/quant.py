@@ -175,15 +175,27 @@ def quantize(rgb: torch.Tensor, roi: RoiMap | torch.Tensor, tables: torch.Tensor
     todo = (blocks < 1).flatten(3).any(3) & active[:, None, None]
     if not bool(todo.any()):
         return rgb
-    ni, yi, xi = todo.nonzero(as_tuple=True)
     src = F.pad(rgb, (0, wm * m - w, 0, hm * m - h), mode="replicate") if (hm * m, wm * m) != (h, w) else rgb
-    tiles = src.view(n, 3, hm, m, wm, m)[ni, :, yi, :, xi]  # (M, 3, m, m): only the MCUs to requantize
+    res = src.clone()
+    grid, out = src.view(n, 3, hm, m, wm, m), res.view(n, 3, hm, m, wm, m)
+    for ni, yi, xi in zip(*(i.split(CHUNK) for i in todo.nonzero(as_tuple=True))):  # bounded memory
+        out[ni, :, yi, :, xi] = _mcus(grid[ni, :, yi, :, xi], blocks[ni, yi, xi], tables, params)
+    return res[:, :, :h, :w] if res.shape[-2:] != (h, w) else res
+
+
+# MCUs requantized at a time: a 121 MP photo would otherwise hold several float copies of itself.
+CHUNK = 1 << 15
+
+
+def _mcus(tiles: torch.Tensor, iy: torch.Tensor, tables: torch.Tensor, params: QuantParams) -> torch.Tensor:
+    """Requantize MCUs: tiles (M, 3, m, m) uint8 RGB, iy (M, sub, sub) their luma blocks' importance."""
+    sub = iy.shape[-1]
+    m = 8 * sub
     f = tiles.float()
     # The colour transform is linear: chroma is converted after the encoder's 2x2 average, at a quarter
     # of the pixels, and the 128 level shift is a DC offset of 8 * 128 (orthonormal DCT).
     y = _mix(RGB2YCC[:1], f).view(-1, sub, 8, sub, 8).transpose(2, 3)  # (M, sub, sub, 8, 8)
     c = _mix(RGB2YCC[1:], F.avg_pool2d(f, sub) if sub > 1 else f)  # (M, 2, 8, 8), centred on 0
-    iy = blocks[ni, yi, xi]  # (M, sub, sub)
     ic = iy.flatten(1).amax(1)[:, None, None]
     cy = dct2(y)[:, None]
     cy[..., 0, 0] -= LEVEL
@@ -200,9 +212,7 @@ def quantize(rgb: torch.Tensor, roi: RoiMap | torch.Tensor, tables: torch.Tensor
         keep = (iy[edge] == 1).view(-1, 1, sub, 1, sub, 1)  # ...and important luma blocks their pixels
         out[edge] = torch.where(keep, tiles[edge].view(-1, 3, sub, 8, sub, 8),
                                 own.view(-1, 3, sub, 8, sub, 8)).view(-1, 3, m, m)
-    res = src.clone()
-    res.view(n, 3, hm, m, wm, m)[ni, :, yi, :, xi] = out
-    return res[:, :, :h, :w] if res.shape[-2:] != (h, w) else res
+    return out
 
 
 def quantize_planes(planes: list[torch.Tensor], importance: torch.Tensor, tables: torch.Tensor,
