@@ -25,7 +25,7 @@ from .detect import DETECT_CONF, Detector, shared_detector
 from .errors import VqpError
 from .imageio import Picture, load_image, write_atomic
 from .jpegsize import header_bytes, scan_bits, zigzag
-from .quant import Prepared, QuantParams, annex_k_tables, prepare, quantize, requantize_blocks
+from .quant import QuantParams, annex_k_tables, prepare, quantize, requantize_blocks
 from .roi import ROI_CONF, RoiConfig, roi_map
 from .types import Detections
 
@@ -210,29 +210,33 @@ class _Search:
         self.meta = sum(len(v) if isinstance(v, (bytes, str)) else 16 for v in pic.metadata().values() if v)
 
     @cached_property
-    def prep(self) -> Prepared:
-        rgb = torch.from_numpy(np.require(self.pic.rgb, requirements="W")).permute(2, 0, 1)[None]
-        return prepare(rgb.to(self.device), self.enc.subsampling)
+    def rgb(self) -> torch.Tensor:
+        """The photo as a (1, 3, H, W) uint8 tensor on the search's device."""
+        return torch.from_numpy(np.require(self.pic.rgb, requirements="W")).permute(2, 0, 1)[None].to(self.device)
 
     @cached_property
     def sample(self) -> tuple:
         """(luma coef, luma steer, chroma coef, chroma steer, object weight, background weight) on
-        every k-th MCU row, k chosen so that at most SAMPLE_BLOCKS luma blocks are modelled."""
-        p = self.prep
-        hb, wb = p.coef_y.shape[2:4]
-        f = p.sub
+        every k-th MCU row, k chosen so that at most SAMPLE_BLOCKS luma blocks are modelled. Only
+        those rows are transformed (a block's coefficients depend on its own pixels alone), so a
+        large photo costs the model no more than a small one."""
+        f = 2 if self.enc.subsampling == "4:2:0" else 1
         h, w = self.pic.rgb.shape[:2]
-        imp = self.imp.to(p.ycc.device, torch.float32)
+        hm, wm = -(-h // (8 * f)), -(-w // (8 * f))
+        hb, wb = hm * f, wm * f
+        step = max(1, math.ceil(hb * wb / SAMPLE_BLOCKS))
+        rows_c = torch.arange(0, hm, step, device=self.rgb.device)
+        rows_y = (rows_c[:, None] * f + torch.arange(f, device=rows_c.device)).flatten()
+        x = F.pad(self.rgb, (0, wm * 8 * f - w, 0, hm * 8 * f - h), mode="replicate")
+        p = prepare(x.view(1, 3, hm, 8 * f, -1)[:, :, rows_c].flatten(2, 3), self.enc.subsampling)
+        imp = self.imp.to(rows_c.device, torch.float32)
         imp = F.pad(imp[:, None], (0, wb - imp.shape[-1], 0, hb - imp.shape[-2]), mode="replicate")[:, 0]
         imp_c = F.max_pool2d(imp[:, None], f)[:, 0] if f > 1 else imp
         valid = torch.zeros(hb, wb, device=imp.device)
         valid[: -(-h // 8), : -(-w // 8)] = 1
         wt = F.pad(self.weight.to(imp.device, torch.float32), (0, wb - self.weight.shape[-1],
                                                                 0, hb - self.weight.shape[-2]))
-        step = max(1, math.ceil(hb * wb / SAMPLE_BLOCKS))
-        rows_c = torch.arange(0, hb // f, step, device=imp.device)
-        rows_y = (rows_c[:, None] * f + torch.arange(f, device=imp.device)).flatten()
-        return (zigzag(p.coef_y[:, :, rows_y]), imp[:, rows_y], zigzag(p.coef_c[:, :, rows_c]), imp_c[:, rows_c],
+        return (zigzag(p.coef_y), imp[:, rows_y], zigzag(p.coef_c), imp_c[:, rows_c],
                 wt[rows_y] * valid[rows_y], (1 - wt[rows_y]) * valid[rows_y])
 
     def model(self, quality: int, params: QuantParams | None) -> tuple[float, float, float]:
@@ -267,7 +271,7 @@ class _Search:
             rgb = self.pic.rgb
             if params is not None:
                 t = self.enc.tables(quality)
-                rgb = quantize(self.prep.rgb, self.imp, t, params, self.enc.subsampling)[0].permute(1, 2, 0).cpu().numpy()
+                rgb = quantize(self.rgb, self.imp, t, params, self.enc.subsampling)[0].permute(1, 2, 0).cpu().numpy()
             self._cache[key] = self.enc.encode(np.ascontiguousarray(rgb), quality, **self.pic.metadata())
             self.calibrate(quality, params)
         return self._cache[key]
