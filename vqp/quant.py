@@ -49,7 +49,6 @@ DCT = _dct_matrix()
 # JFIF (full-range BT.601) colour conversion, as in libjpeg.
 RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 YCC2RGB = torch.linalg.inv(RGB2YCC.double()).float()
-OFFSET = torch.tensor([0.0, 128.0, 128.0])
 LEVEL = 8 * 128.0  # JPEG's level shift of 128, as the DC of an orthonormal 8x8 DCT
 
 
@@ -76,11 +75,6 @@ def blockify(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5)
 
 
-def unblockify(b: torch.Tensor) -> torch.Tensor:
-    n, c, hb, wb, _, _ = b.shape
-    return b.permute(0, 1, 2, 4, 3, 5).reshape(n, c, hb * 8, wb * 8)
-
-
 # 2-D DCT of a row-major 8x8 block as one 64x64 matrix: a single GEMM for the whole batch.
 DCT64 = torch.kron(DCT, DCT)
 
@@ -100,13 +94,11 @@ def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Prepared:
-    """A batch converted once to padded YCbCr planes and DCT coefficients, reused per candidate."""
+    """A batch's blockwise DCT as the JPEG encoder computes it (JFIF YCbCr, 2x2 chroma average,
+    level shift of 128), for modelling candidates without encoding them."""
 
-    rgb: torch.Tensor        # (N, 3, H, W) uint8, the input
-    ycc: torch.Tensor        # (N, 3, Hp, Wp) float, full-resolution YCbCr of the padded input
-    coef_y: torch.Tensor     # (N, 1, Hp/8, Wp/8, 8, 8)
+    coef_y: torch.Tensor     # (N, 1, Hp/8, Wp/8, 8, 8), Hp and Wp padded to whole MCUs
     coef_c: torch.Tensor     # (N, 2, Hc/8, Wc/8, 8, 8)
-    sub: int                 # chroma subsampling factor: 2 (4:2:0) or 1 (4:4:4)
 
 
 def prepare(rgb: torch.Tensor, subsampling: str = "4:2:0") -> Prepared:
@@ -120,9 +112,9 @@ def prepare(rgb: torch.Tensor, subsampling: str = "4:2:0") -> Prepared:
     x = rgb.float()
     if ph or pw:  # libjpeg pads by repeating the last row and column
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    ycc = _mix(RGB2YCC, x) + OFFSET.to(x.device)[None, :, None, None]
+    ycc = _mix(RGB2YCC, x)  # chroma centred on 0; luma shifted below
     chroma = F.avg_pool2d(ycc[:, 1:], sub) if sub > 1 else ycc[:, 1:]
-    return Prepared(rgb, ycc, dct2(blockify(ycc[:, :1] - 128)), dct2(blockify(chroma - 128)), sub)
+    return Prepared(dct2(blockify(ycc[:, :1] - 128)), dct2(blockify(chroma)))
 
 
 def requantize_blocks(coef: torch.Tensor, table: torch.Tensor, imp: torch.Tensor, p: QuantParams,
