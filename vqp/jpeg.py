@@ -25,7 +25,7 @@ from .detect import DETECT_CONF, Detector, shared_detector
 from .errors import VqpError
 from .imageio import Picture, load_image, write_atomic
 from .jpegsize import header_bytes, scan_bits, zigzag
-from .quant import QuantParams, annex_k_tables, prepare, quantize, requantize_blocks
+from .quant import CHROMA_FACTOR, QuantParams, annex_k_tables, prepare, quantize, requantize_blocks
 from .roi import ROI_CONF, RoiConfig, roi_map
 from .types import Detections
 
@@ -38,7 +38,7 @@ DEFAULT_QUALITY = 75
 # Share of background PSNR in the search score: 0.5 keeps the objects' gain at about half the background
 # loss of 0.1 on coco128 images the ladder was not chosen on (benchmarks/RESULTS.md).
 BACKGROUND_WEIGHT = 0.5
-SUBSAMPLING = ("4:2:0", "4:4:4")  # what the quantizer reproduces (vqp.quant.prepare)
+SUBSAMPLING = tuple(CHROMA_FACTOR)  # what the quantizer reproduces
 
 
 class Encoder(Protocol):
@@ -220,7 +220,7 @@ class _Search:
         every k-th MCU row, k chosen so that at most SAMPLE_BLOCKS luma blocks are modelled. Only
         those rows are transformed (a block's coefficients depend on its own pixels alone), so a
         large photo costs the model no more than a small one."""
-        f = 2 if self.enc.subsampling == "4:2:0" else 1
+        f = CHROMA_FACTOR[self.enc.subsampling]
         h, w = self.pic.rgb.shape[:2]
         hm, wm = -(-h // (8 * f)), -(-w // (8 * f))
         hb, wb = hm * f, wm * f

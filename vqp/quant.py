@@ -50,6 +50,7 @@ DCT = _dct_matrix()
 RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 YCC2RGB = torch.linalg.inv(RGB2YCC.double()).float()
 LEVEL = 8 * 128.0  # JPEG's level shift of 128, as the DC of an orthonormal 8x8 DCT
+CHROMA_FACTOR = {"4:2:0": 2, "4:4:4": 1}  # subsampling -> luma pixels per chroma sample, each way
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def prepare(rgb: torch.Tensor, subsampling: str = "4:2:0") -> Prepared:
     """Convert (N, 3, H, W) uint8 RGB to padded YCbCr and its blockwise DCT."""
     if rgb.dtype != torch.uint8 or rgb.dim() != 4 or rgb.shape[1] != 3:
         raise ValueError("expected an (N, 3, H, W) uint8 RGB tensor")
-    sub = {"4:2:0": 2, "4:4:4": 1}[subsampling]
+    sub = CHROMA_FACTOR[subsampling]
     n, _, h, w = rgb.shape
     mcu = 8 * sub
     ph, pw = -h % mcu, -w % mcu
@@ -156,7 +157,7 @@ def quantize(rgb: torch.Tensor, roi: RoiMap | torch.Tensor, tables: torch.Tensor
     if rgb.dtype != torch.uint8 or rgb.dim() != 4 or rgb.shape[1] != 3:
         raise ValueError("expected an (N, 3, H, W) uint8 RGB tensor")
     imp = roi.importance if isinstance(roi, RoiMap) else roi
-    sub = {"4:2:0": 2, "4:4:4": 1}[subsampling]
+    sub = CHROMA_FACTOR[subsampling]
     m = 8 * sub
     n, _, h, w = rgb.shape
     hm, wm = -(-h // m), -(-w // m)
