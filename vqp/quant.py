@@ -176,8 +176,20 @@ def quantize(rgb: torch.Tensor, roi: RoiMap | torch.Tensor, tables: torch.Tensor
     return res[:, :, :h, :w] if res.shape[-2:] != (h, w) else res
 
 
-# MCUs requantized at a time: a 121 MP photo would otherwise hold several float copies of itself.
-CHUNK = 1 << 15
+# MCUs requantized at a time. Bounded memory (a 121 MP photo would otherwise hold several float
+# copies of itself), and fast: temporaries of a few MB are reused from the heap, where chunks of
+# 32k MCUs got fresh pages from the OS for every one of them (42 against 64-68 MP/s on 1080p).
+CHUNK = 1 << 11
+
+
+def _pool(f: torch.Tensor) -> torch.Tensor:
+    """The encoder's 2x2 chroma average of (M, C, 16, 16) tiles, as two adds of contiguous halves
+    (3x faster than avg_pool2d on CPU)."""
+    m, c = f.shape[:2]
+    rows = f.view(m, c, 8, 2, 16)
+    rows = rows[:, :, :, 0] + rows[:, :, :, 1]  # (M, C, 8, 16)
+    cols = rows.view(m, c, 8, 8, 2)
+    return (cols[..., 0] + cols[..., 1]).mul_(0.25)
 
 
 def _mcus(tiles: torch.Tensor, iy: torch.Tensor, tables: torch.Tensor, params: QuantParams) -> torch.Tensor:
@@ -188,7 +200,7 @@ def _mcus(tiles: torch.Tensor, iy: torch.Tensor, tables: torch.Tensor, params: Q
     # The colour transform is linear: chroma is converted after the encoder's 2x2 average, at a quarter
     # of the pixels, and the 128 level shift is a DC offset of 8 * 128 (orthonormal DCT).
     y = _mix(RGB2YCC[:1], f).view(-1, sub, 8, sub, 8).transpose(2, 3)  # (M, sub, sub, 8, 8)
-    c = _mix(RGB2YCC[1:], F.avg_pool2d(f, sub) if sub > 1 else f)  # (M, 2, 8, 8), centred on 0
+    c = _mix(RGB2YCC[1:], _pool(f) if sub > 1 else f)  # (M, 2, 8, 8), centred on 0
     ic = iy.flatten(1).amax(1)[:, None, None]
     cy = dct2(y)[:, None]
     cy[..., 0, 0] -= LEVEL
@@ -197,7 +209,10 @@ def _mcus(tiles: torch.Tensor, iy: torch.Tensor, tables: torch.Tensor, params: Q
     qc = requantize_blocks(dct2(c)[:, :, None, None], tables[1], ic, params, chroma=True)
     y = idct2(qy)[:, 0].transpose(2, 3).reshape(-1, 1, 8, sub, 8, sub)
     rgb_c = _mix(YCC2RGB[:, 1:], idct2(qc)[:, :, 0, 0])[:, :, :, None, :, None]  # each chroma sample, 2x2 luma
-    out = (y + rgb_c).round_().clamp_(0, 255).to(torch.uint8).view(-1, 3, m, m)  # in place: no extra float copies
+    # materialise the chroma at luma resolution, then add luma in place: a broadcast add over the
+    # size-2 inner dims is 2x slower
+    up = rgb_c.expand(-1, -1, -1, sub, -1, sub).contiguous()
+    out = up.add_(y).round_().clamp_(0, 255).to(torch.uint8).view(-1, 3, m, m)  # in place: no extra float copies
     edge = (ic.view(-1) == 1).nonzero()[:, 0]  # MCUs with an important block keep their own chroma...
     if len(edge):
         own = y[edge].view(-1, 1, m, m) + _mix(YCC2RGB[:, 1:], _mix(RGB2YCC[1:], f[edge]))
