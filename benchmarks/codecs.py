@@ -34,6 +34,8 @@ class Codec:
     an original and a repaired checkpoint side by side; the measured object region does not change.
     ``detector`` (images) sets how the steering detector runs for this codec: ``imgsz``, ``augment``
     (test-time augmentation), ``conf``; the time it takes is recorded per image (``detect_seconds``).
+    ``detector: {oracle: true}`` steers with the ground-truth boxes instead (confidence 1): an upper
+    bound on what better recall can buy.
     """
 
     name: str
@@ -86,8 +88,9 @@ class Codec:
         if d.get("model") and (not d.get("vqp") or kind == "image"):
             raise VqpError(f"codec {d['name']}: 'model' sets the detector of a vqp clip codec only")
         det = dict(d.get("detector") or {})
-        if det and (not d.get("vqp") or kind != "image" or set(det) - {"imgsz", "augment", "conf"}):
-            raise VqpError(f"codec {d['name']}: 'detector' takes imgsz, augment and conf, for a vqp image codec")
+        if det and (not d.get("vqp") or kind != "image" or set(det) - {"imgsz", "augment", "conf"}) and det != {"oracle": True}:
+            raise VqpError(f"codec {d['name']}: 'detector' takes imgsz, augment and conf, or only oracle: true, "
+                           "for a vqp image codec")
         return cls(d["name"], enc, tuple(grid), bool(d.get("vqp", False)), d.get("equal_bytes"),
                    tuple(d.get("anchors", ())), dict(d.get("options", {})), dict(d.get("settings", {})),
                    d.get("model"), det)

@@ -24,7 +24,7 @@ import yaml
 from vqp.errors import VqpError
 from vqp.metrics import detection_map, region_scores
 from vqp.roi import ROI_CONF
-from vqp.types import Detections
+from vqp.types import Box, Detections
 
 from . import datasets
 from .codecs import Codec, decode_image, encode_clip, encode_image, read_frames
@@ -214,11 +214,17 @@ class Runner:
             self._video_detectors[model] = d
         return self._video_detectors[model]
 
-    def steer(self, c: Codec, rgb: np.ndarray, default: Detections) -> tuple[Detections, float | None]:
+    def steer(self, c: Codec, s: datasets.Sample, default: Detections) -> tuple[Detections, float | None]:
         """(boxes that steer image codec ``c``, seconds its own detector took): the shared detection
-        unless the codec sets ``detector`` (input size, test-time augmentation, threshold)."""
+        unless the codec sets ``detector`` (input size, test-time augmentation, threshold, or the
+        ground truth as an oracle)."""
         if not c.detector:
             return default, None
+        if c.detector.get("oracle"):
+            names = self.detector.names
+            return Detections([Box(*b, 1.0, k, names.get(k, str(k))) for b, k in zip(s.boxes, s.classes)],
+                              default.height, default.width), None
+        rgb = s.rgb
         key = tuple(sorted(c.detector.items()))
         if key not in self._steer_detectors:
             from vqp.detect import load_detector
@@ -283,7 +289,7 @@ class Runner:
                     if c.equal_bytes:
                         base = next(x for x in cfg.codecs if x.name == c.equal_bytes)
                         budget = self.cache.get(f"{group}|{dkey}|{s.name}|{base.name}|{base.key()}|{v}|{self.tag}")["bytes"]
-                    steer, took = self.steer(c, s.rgb, roi)
+                    steer, took = self.steer(c, s, roi)
                     data, q = encode_image(c, s.rgb, v, steer, budget)
                     out = decode_image(data)
                     rec = {"key": key, "group": group, "item": s.name, "codec": c.name, "value": v, "quality": q,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import harness
+from benchmarks import datasets, harness
 from benchmarks.__main__ import main
 from vqp.errors import VqpError
 
@@ -70,6 +70,23 @@ def test_codec_with_its_own_steering_detector(tmp_path):
     assert points["small"]["key"] != points["vqp"]["key"] and points["small"]["bytes"] <= points["plain"]["bytes"]
 
 
+def test_codec_steered_by_the_ground_truth(tmp_path, monkeypatch):
+    """``detector: {oracle: true}`` hands vqp the labelled boxes (confidence 1), not the detector's."""
+    p = tmp_path / "oracle.yaml"
+    p.write_text(TINY.replace("limit: 2", "limit: 1").replace("[20, 60]", "[50]")
+                 + "  - {name: oracle, encoder: pillow, vqp: true, equal_bytes: plain, detector: {oracle: true}}\n")
+    seen = []
+    encode = harness.encode_image
+    monkeypatch.setattr(harness, "encode_image", lambda c, rgb, v, steer, budget: (
+        seen.append((c.name, steer)), encode(c, rgb, v, steer, budget))[1])
+    assert main([str(p), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    gt = datasets.coco(1, 2)[0]
+    steer = dict((n, d) for n, d in seen if n != "plain")
+    boxes = [(b.x1, b.y1, b.x2, b.y2) for b in steer["oracle"].boxes]
+    assert boxes == [tuple(b) for b in gt.boxes] and all(b.conf == 1 for b in steer["oracle"].boxes)
+    assert boxes != [(b.x1, b.y1, b.x2, b.y2) for b in steer["vqp"].boxes]
+
+
 def test_bd_rate_sign():
     anchor = [(r, 30 + 4 * i) for i, r in enumerate((0.5, 1.0, 1.5, 2.0))]
     cheaper = [(r * 0.8, q) for r, q in anchor]  # same quality for 20% fewer bits
@@ -100,6 +117,8 @@ def test_coco_map_perfect_and_empty():
     ("datasets: [\n", "not valid YAML"),
     ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1], detector: {imgsz: 320}}]",
      "'detector' takes"),
+    ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1], vqp: true, detector: {oracle: true, imgsz: 320}}]",
+     "or only oracle"),
     ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1]}]\nthreds: 2", "unknown keys threds"),
 ])
 def test_bad_config(tmp_path, capsys, text, msg):
