@@ -189,11 +189,11 @@ class JobStore:
                             (*fields.values(), job_id))
 
     def delete(self, job_id: str, files: bool = True) -> bool:
-        with self.lock:
-            gone = self.db.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount > 0
+        """Remove a job's files, then its row: once the job answers 404, its files are gone."""
         if files:
             shutil.rmtree(self.folder(job_id), ignore_errors=True)
-        return gone
+        with self.lock:
+            return self.db.execute("DELETE FROM jobs WHERE id=?", (job_id,)).rowcount > 0
 
     def input_path(self, job_id: str) -> Path | None:
         return next(iter(sorted(self.folder(job_id).glob("input*"))), None)
