@@ -88,7 +88,8 @@ class Codec:
         if d.get("model") and (not d.get("vqp") or kind == "image"):
             raise VqpError(f"codec {d['name']}: 'model' sets the detector of a vqp clip codec only")
         det = dict(d.get("detector") or {})
-        if det and (not d.get("vqp") or kind != "image" or set(det) - {"imgsz", "augment", "conf"}) and det != {"oracle": True}:
+        known = det == {"oracle": True} or not set(det) - {"imgsz", "augment", "conf"}
+        if det and (not d.get("vqp") or kind != "image" or not known):
             raise VqpError(f"codec {d['name']}: 'detector' takes imgsz, augment and conf, or only oracle: true, "
                            "for a vqp image codec")
         return cls(d["name"], enc, tuple(grid), bool(d.get("vqp", False)), d.get("equal_bytes"),

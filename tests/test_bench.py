@@ -119,6 +119,8 @@ def test_coco_map_perfect_and_empty():
      "'detector' takes"),
     ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1], vqp: true, detector: {oracle: true, imgsz: 320}}]",
      "or only oracle"),
+    ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1], detector: {oracle: true}}]",
+     "for a vqp image codec"),
     ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1]}]\nthreds: 2", "unknown keys threds"),
 ])
 def test_bad_config(tmp_path, capsys, text, msg):
