@@ -114,8 +114,9 @@ def test_in_process_batch_records_every_input(reference):
 
 
 def test_resume_skips_what_is_done(inputs, reference, tmp_path):
-    """After a batch that stopped half-way (two lines written, one cut short), a re-run skips the
-    finished inputs, leaves their files alone and does the rest; other options redo everything."""
+    """After a batch that stopped half-way (two lines written, one cut short, temp files left), a
+    re-run skips the finished inputs, leaves their files alone, does the rest and removes the temp
+    files; other options redo everything."""
     from vqp.batch import Batch
 
     out = tmp_path / "out"
@@ -126,6 +127,9 @@ def test_resume_skips_what_is_done(inputs, reference, tmp_path):
     for name in ("sub/b.jpg", "sub/clip.mp4"):
         (out / name).unlink()
     before = {n: (out / n).stat().st_mtime_ns for n in ("a.jpg", "a.png.jpg")}
+    # what a killed run leaves: temp outputs and x264's stats files, beside a skipped and a redone output
+    for name in (".a.jpg.k1ll3d_x.part", "sub/.clip.mp4.k1ll3d_x.part.mp4", "sub/.clip.mp4.k1ll3d_y.part.mp4.mbtree.temp"):
+        (out / name).write_bytes(b"half")
     s = settings()
     redo = Batch([str(inputs)], out, settings("--quality", "60")).units  # other options: nothing is skipped
     assert sorted(Path(i.src).name for u in redo for i in u.items) == sorted(["a.jpg", "a.png", "b.png", "clip.mp4",

@@ -5,7 +5,9 @@ order on one worker) and a few images per unit (one remote call then carries mor
 file). Outputs mirror the input tree under the output folder. ``manifest.jsonl`` there gets one
 line per input as it finishes; a re-run skips every input whose last line says it was done with
 the same options (a hash), from the same input file (size and mtime), and whose output is still
-there. A failing input is recorded with its one-line reason and never stops the batch.
+there. A failing input is recorded with its one-line reason and never stops the batch. Once an input's
+line is written, the temp files a killed worker (or an earlier, killed run) left beside its output
+are removed.
 
 Images are detected one at a time, exactly as ``vqp image`` does (Ultralytics pads a batch of
 mixed sizes differently from a single image), so an output's bytes do not depend on which other
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .errors import VqpError, one_line
-from .imageio import IMAGE_EXTS, unclash
+from .imageio import IMAGE_EXTS, discard_temps, unclash
 from .jpeg import BACKGROUND_WEIGHT
 from .roi import ROI_CONF, RoiConfig
 from .video.options import DETECT_SIZE, VideoOptions
@@ -329,8 +331,10 @@ class Batch:
         records = []
 
         def add(rec: dict) -> None:
-            if rec["output"] and os.path.isabs(rec["output"]):
-                rec["output"] = self.relative(rec["output"])
+            if rec["output"]:
+                path = self.outdir / rec["output"]
+                discard_temps(path)  # what a killed attempt (or run) left: no one writes this output now
+                rec["output"] = self.relative(path)
             log.write(json.dumps(rec) + "\n")
             log.flush()
             records.append(rec)

@@ -7,6 +7,7 @@ silenced once, process-wide, at import, and logged instead (visible with ``vqp -
 """
 from __future__ import annotations
 
+import glob
 import io
 import logging
 import os
@@ -190,6 +191,16 @@ def reserve_temp(dest: str | os.PathLike, suffix: str = ".part") -> str:
         raise VqpError(f"cannot write {dest}: {e.strerror}") from None
     os.close(fd)
     return tmp
+
+
+def discard_temps(dest: str | os.PathLike) -> list[Path]:
+    """Remove what writers of ``dest`` left behind when killed: ``reserve_temp``'s files and x264's
+    stats files named after them. Call it only when nothing is writing ``dest`` any more."""
+    dest = Path(dest)
+    gone = sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*.part*"))
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def publish(tmp: str, dest: str | os.PathLike) -> None:
