@@ -100,6 +100,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (1 when two runs share 2 cores)")
     ap.add_argument("--tag", default="", help="suffix for the files copied next to RESULTS.md")
     ap.add_argument("--bn-stats", action="store_true", help="let BatchNorm update its statistics (first run)")
+    ap.add_argument("--distill", type=float, help="weight of the original's clean-image features as a target")
     ap.add_argument("--out", default="out/repair-bench")
     ap.add_argument("--check-map", action="store_true", help="only compare our mAP with Ultralytics' model.val")
     a = ap.parse_args()
@@ -110,7 +111,7 @@ def main() -> int:
     kw = {k: v for k, v in (("steps", a.steps), ("severities", a.severities), ("limit", a.limit),
                             ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr), ("corruptions", a.corruptions),
                             ("codecs", a.codecs), ("frame_step", a.frame_step), ("max_unlabelled", a.max_unlabelled),
-                            ("clusters", a.clusters), ("device", a.device)) if v is not None}
+                            ("clusters", a.clusters), ("device", a.device), ("distill", a.distill)) if v is not None}
     kw["extra"] = a.unlabelled
     kw["search"] = not a.no_search
     kw["freeze_bn"] = not a.bn_stats

@@ -11,9 +11,9 @@ from vqp.cli import main
 from vqp.errors import VqpError
 from vqp.repair import corruptions as C
 from vqp.repair.augment import Policy, fda
-from vqp.repair.finetune import finetune, pseudo_labels, save_checkpoint
+from vqp.repair.finetune import feature_gap, finetune, neck, pseudo_labels, save_checkpoint
 from vqp.repair.localize import rank_blocks, top_k
-from vqp.repair.robustness import Sample, load_model, load_yolo, mpc, rpc, score, split
+from vqp.repair.robustness import Sample, load_model, load_yolo, mpc, rpc, score, split, to_tensor
 
 MODEL = str(MODELS / "yolo11n_coco_dq.pt")
 COCO = DATA / "coco"
@@ -152,6 +152,33 @@ def test_topk_finetune_freezes_the_rest_and_checkpoint_loads(model, samples, tmp
     assert any(b.name == "person" for b in det([load_image(bus_path).rgb])[0].boxes)
 
 
+def test_distillation_pairs_the_clean_image_and_pulls_features_toward_the_original(model, samples):
+    """Policy.pair gives the clean image flipped like the degraded sample; fine-tuning with the
+    original as teacher (and a weight that drowns the box loss) closes the feature gap between
+    the model on degraded images and the original on the clean ones."""
+    p = Policy.from_failures(0.5, {"contrast": {3: 0.3}}, floor=0.0, p_clean=0.0)
+    for i in range(6):
+        clean, d = p.pair(samples[0], np.random.default_rng(i))
+        assert np.array_equal(C.degrade(np.ascontiguousarray(clean), "contrast", 3, seed=0), d.rgb)
+    batch = [p.pair(s, np.random.default_rng(0)) for s in samples]
+
+    def feats(m, images):
+        with torch.no_grad(), neck(m) as f:
+            m(to_tensor(images, IMGSZ))
+        return f[0]
+
+    goal = feats(model, [c for c, _ in batch])
+    assert float(feature_gap(goal, goal)) == 0.0
+
+    def gap(m):
+        return float(feature_gap(feats(m, [s.rgb for _, s in batch]), goal))
+
+    train = pseudo_labels(model, samples, IMGSZ)
+    tuned, _ = finetune(model, train, p, blocks=[0, 1, 2], steps=4, imgsz=IMGSZ, batch=4, lr=1e-3, distill=100.0)
+    plain, _ = finetune(model, train, p, blocks=[0, 1, 2], steps=4, imgsz=IMGSZ, batch=4, lr=1e-3)
+    assert gap(tuned) < 0.8 * gap(model) and gap(tuned) < gap(plain)
+
+
 def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     out = tmp_path / "rb"
     rc = main(["robustness", str(tiny_set), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions", "fog",
@@ -168,20 +195,22 @@ def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "r"), "--model", MODEL, "--imgsz", str(IMGSZ),
                  "--corruptions", "fog", "--held-out", "", "--codecs", "", "--severities", "1", "--blocks", "11"]) == 2
     assert "block 11 has no parameters" in capsys.readouterr().err
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "r"), "--distill", "-1"]) == 2
+    assert "distill must be 0 or more" in capsys.readouterr().err
 
 
 def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     out = tmp_path / "rep"
     rc = main(["repair", str(tiny_set), "-o", str(out), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions",
                "gaussian_noise", "--held-out", "spatter", "--codecs", "", "--severities", "3", "--steps", "1",
-               "--batch", "2", "--top-k", "2", "--unlabelled", str(tiny_set / "images"), str(DATA / "kodak" / "kodim01.png"), "--device", "cpu"])
+               "--batch", "2", "--top-k", "2", "--distill", "1", "--unlabelled", str(tiny_set / "images"), str(DATA / "kodak" / "kodim01.png"), "--device", "cpu"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert not set(rep["split"]["repair"]) & set(rep["split"]["eval"])
     assert rep["split"]["unlabelled"] == 1  # the labelled set's own images are left out, Kodak is in
     assert set(rep["results"]) == {"original", "block", "search", "whole"} and len(rep["top_k"]) == 2
     assert rep["saved"] == "search" and {a["chosen"] for a in rep["architecture"]} <= {"original", "bn", "se", "conv1x1"}
-    assert rep["tuned_blocks"] == rep["top_k"]
+    assert rep["tuned_blocks"] == rep["top_k"] and rep["budget"]["distill"] == 1.0
     assert rep["budget"]["trainable_params"]["block"] < rep["budget"]["trainable_params"]["whole"]
     assert {"mpc_common", "rpc_common", "mpc_held_out", "clean_map"} <= set(rep["results"]["block"])
     assert (out / "heatmap.png").exists() and (out / "blocks.png").exists()

@@ -79,7 +79,13 @@ class Policy:
                 for (c, s), w in sorted(zip(self.choices, self.weights), key=lambda x: -x[1])]
 
     def __call__(self, s: Sample, rng: np.random.Generator) -> Sample:
-        rgb, u = s.rgb, rng.random()
+        return self.pair(s, rng)[1]
+
+    def pair(self, s: Sample, rng: np.random.Generator) -> tuple[np.ndarray, Sample]:
+        """The clean image and the training sample drawn from it, flipped alike (the clean one is
+        the distillation target's input, see finetune.fit)."""
+        clean, u = s.rgb, rng.random()
+        rgb = clean
         if u >= self.p_clean + (self.p_style if self.styles else 0):
             c, sev = self.choices[rng.choice(len(self.choices), p=self.weights)]
             rgb = degrade(rgb, c, sev, seed=int(rng.integers(2**31)))
@@ -92,6 +98,6 @@ class Policy:
         boxes = s.boxes
         if rng.random() < 0.5:
             w = rgb.shape[1]
-            rgb = np.ascontiguousarray(rgb[:, ::-1])
+            rgb, clean = np.ascontiguousarray(rgb[:, ::-1]), clean[:, ::-1]
             boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1) if len(boxes) else boxes
-        return replace(s, rgb=rgb, boxes=boxes)
+        return clean, replace(s, rgb=rgb, boxes=boxes)

@@ -8,6 +8,7 @@ Frozen blocks get no gradient and keep their BatchNorm in eval mode, so they sta
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import math
@@ -54,15 +55,40 @@ def pseudo_labels(model: torch.nn.Module, samples: Sequence[Sample], imgsz: int,
             for p, s in zip(preds, samples)]
 
 
-def fit(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, trainable: set[int],
+@contextlib.contextmanager
+def neck(model: torch.nn.Module):
+    """Collect, per forward pass, the feature maps the Detect head receives (P3, P4, P5)."""
+    seen: list[list[torch.Tensor]] = []
+    hook = model.model[-1].register_forward_pre_hook(lambda m, args: seen.append(list(args[0])))
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+def feature_gap(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over levels of the squared error relative to the teacher's energy: each level counts
+    alike whatever its channel count and scale. (0 when the features agree.)"""
+    return sum(((a - b) ** 2).mean() / (b ** 2).mean().clamp_min(1e-12) for a, b in zip(student, teacher))
+
+
+def fit(model: torch.nn.Module, train: Sequence[Sample], augment, trainable: set[int],
         groups: list[dict], *, steps: int, imgsz: int, batch: int = 8, seed: int = 0, freeze_bn: bool = True,
+        teacher: torch.nn.Module | None = None, distill: float = 0.0,
         progress: Callable | None = None) -> list[float]:
     """Train ``model`` in place: AdamW over ``groups`` (torch parameter groups, each with its lr),
     cosine decay to a tenth, seeded batches; blocks outside ``trainable`` stay in eval mode.
 
-    Every caller with the same seed, steps and batch sees the same images in the same order.
-    Returns the loss per step.
+    With ``distill`` > 0, the loss adds ``distill`` x (images) x ``feature_gap`` between the
+    model's neck features on the training image and ``teacher``'s on the clean image it was drawn
+    from (``augment.pair``). Pseudo-labels give a sparse target (a few boxes per image); the
+    original's features on the clean image are a dense one, and on clean samples they hold the
+    model to what it was, which is what keeps clean mAP as the steps grow.
+
+    Every caller with the same seed, steps and batch sees the same images in the same order
+    (distillation or not). Returns the loss per step.
     """
+    draw = augment.pair if distill else (lambda s, r: (None, augment(s, r)))
     layers = model.model
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=5e-4)
@@ -71,7 +97,7 @@ def fit(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, trai
     rng = np.random.default_rng(seed)
     losses = []
     for step in range(steps):
-        picks = [augment(train[i], rng) for i in rng.choice(len(train), min(batch, len(train)), replace=False)]
+        cleans, picks = zip(*[draw(train[i], rng) for i in rng.choice(len(train), min(batch, len(train)), replace=False)])
         model.train()
         for k, layer in enumerate(layers):
             if k not in trainable:
@@ -81,7 +107,12 @@ def fit(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, trai
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()
         dev = device_of(model)
-        loss = crit(model(to_tensor([s.rgb for s in picks], imgsz, dev)), targets(picks, imgsz, dev))[0].sum()
+        with neck(model) as feats:
+            loss = crit(model(to_tensor([s.rgb for s in picks], imgsz, dev)), targets(picks, imgsz, dev))[0].sum()
+        if distill:
+            with torch.no_grad(), neck(teacher) as goal:
+                teacher(to_tensor(cleans, imgsz, dev))
+            loss = loss + distill * len(picks) * feature_gap(feats[0], goal[0])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -106,20 +137,21 @@ def trainable_params(model: torch.nn.Module, blocks: set[int]) -> list[torch.nn.
 
 def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, *, blocks: Sequence[int] | None,
              steps: int, imgsz: int, batch: int = 8, lr: float = 1e-4, seed: int = 0, freeze_bn: bool = True,
-             progress: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
+             distill: float = 0.0, progress: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
     """Fine-tune a copy of ``model``: only ``blocks`` (indices into model.model), or all when None.
 
     ``augment(sample, rng) -> sample`` degrades a training sample (see augment.Policy). With
     ``freeze_bn`` every BatchNorm keeps its running statistics (its scale and shift still
     train): batches of 8 mixed clean/degraded images give poor statistics, and in a first run
     with batch statistics the whole-network variant started at a 40% higher loss and lost 2.9
-    points of clean mAP. Returns the tuned copy (eval mode) and the loss per step.
+    points of clean mAP. ``distill``: the weight of the original ``model`` as teacher (see fit).
+    Returns the tuned copy (eval mode) and the loss per step.
     """
-    model = copy.deepcopy(model).float()
+    teacher, model = model, copy.deepcopy(model).float()
     trainable = set(range(len(model.model))) if blocks is None else set(blocks)
     groups = [{"params": trainable_params(model, trainable), "lr": lr}]
     losses = fit(model, train, augment, trainable, groups, steps=steps, imgsz=imgsz, batch=batch, seed=seed,
-                 freeze_bn=freeze_bn, progress=progress)
+                 freeze_bn=freeze_bn, teacher=teacher, distill=distill, progress=progress)
     return model, losses
 
 

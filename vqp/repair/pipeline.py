@@ -42,6 +42,7 @@ class Settings:
     compare: bool = True              # also fine-tune the whole network at the same budget
     search: bool = True               # ArchRepair relaxed block search on the top-k (the saved checkpoint)
     freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
+    distill: float = 0.0              # weight of the original's clean-image neck features as a target (finetune.fit)
     blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
     seed: int = 0
     device: str | None = None         # cpu, cuda, cuda:N; default the first GPU where one exists
@@ -63,6 +64,8 @@ class Settings:
         leaked = set(self.corruptions) & set(HELD_OUT)
         if leaked:
             raise VqpError(f"held-out corruption {sorted(leaked)[0]} cannot be used for repair")
+        if not self.distill >= 0:
+            raise VqpError(f"distill must be 0 or more, got {self.distill}")
         if self.imgsz % 32 or not 64 <= self.imgsz <= 1280:
             raise VqpError(f"imgsz must be a multiple of 32 between 64 and 1280, got {self.imgsz}")
         for name, v in (("top-k", self.top_k), ("steps", self.steps), ("batch", self.batch),
@@ -216,7 +219,8 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     step("localization", 1, 1, f"tuning blocks {chosen}")
 
     # 3. repair at equal budget
-    kw = dict(steps=st.steps, imgsz=st.imgsz, batch=st.batch, lr=st.lr, seed=st.seed, freeze_bn=st.freeze_bn)
+    kw = dict(steps=st.steps, imgsz=st.imgsz, batch=st.batch, lr=st.lr, seed=st.seed, freeze_bn=st.freeze_bn,
+              distill=st.distill)
     tuned, losses = {}, {}
     tuned["block"], losses["block"] = finetune(model, train, policy, blocks=chosen,
                                                progress=lambda *a: step("repair top-k", *a), **kw)
