@@ -100,7 +100,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (1 when two runs share 2 cores)")
     ap.add_argument("--tag", default="", help="suffix for the files copied next to RESULTS.md")
     ap.add_argument("--bn-stats", action="store_true", help="let BatchNorm update its statistics (first run)")
-    ap.add_argument("--distill", type=float, help="weight of the original's clean-image features as a target")
+    ap.add_argument("--distill", type=float,
+                    help="weight of the original's clean-image features as a target (default 2; runs recorded before it: 0)")
     ap.add_argument("--out", default="out/repair-bench")
     ap.add_argument("--check-map", action="store_true", help="only compare our mAP with Ultralytics' model.val")
     a = ap.parse_args()

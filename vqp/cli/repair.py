@@ -94,7 +94,7 @@ def register(sub) -> None:
     g.add_argument("--batch", type=int, help="images per step (default 8)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
     g.add_argument("--distill", type=float,
-                   help="weight of the original model's features on the clean image as a target (default 0: off)")
+                   help="weight of the original model's features on the clean image as a target (default 2; 0: off)")
     g.add_argument("--seed", type=int, help="seed for the augmentation stream (default 0)")
     g.add_argument("--unlabelled", "--extra", dest="extra", nargs="+", metavar="PATH",
                    help="images, folders or videos without labels to repair on (labelled by the original model; "

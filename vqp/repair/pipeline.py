@@ -42,7 +42,7 @@ class Settings:
     compare: bool = True              # also fine-tune the whole network at the same budget
     search: bool = True               # ArchRepair relaxed block search on the top-k (the saved checkpoint)
     freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
-    distill: float = 0.0              # weight of the original's clean-image neck features as a target (finetune.fit)
+    distill: float = 2.0              # weight of the original's clean-image neck features as a target (finetune.fit)
     blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
     seed: int = 0
     device: str | None = None         # cpu, cuda, cuda:N; default the first GPU where one exists
