@@ -5,9 +5,9 @@ order on one worker) and a few images per unit (one remote call then carries mor
 file). Outputs mirror the input tree under the output folder. ``manifest.jsonl`` there gets one
 line per input as it finishes; a re-run skips every input whose last line says it was done with
 the same options (a hash), from the same input file (size and mtime), and whose output is still
-there. A failing input is recorded with its one-line reason and never stops the batch. Once an input's
-line is written, the temp files a killed worker (or an earlier, killed run) left beside its output
-are removed.
+there. A failing input is recorded with its one-line reason and never stops the batch. When the
+run ends, the temp files a killed worker (or an earlier, killed run) left beside the outputs are
+removed.
 
 Images are detected one at a time, exactly as ``vqp image`` does (Ultralytics pads a batch of
 mixed sizes differently from a single image), so an output's bytes do not depend on which other
@@ -299,6 +299,7 @@ class Batch:
         self.settings = settings
         self.manifest = self.outdir / MANIFEST
         items, bad = gather(inputs, self.outdir, settings)
+        self.outputs = [i.dst for i in items]
         if not items and not bad:
             raise VqpError("no inputs given")
         prev = read_manifest(self.manifest)
@@ -331,10 +332,8 @@ class Batch:
         records = []
 
         def add(rec: dict) -> None:
-            if rec["output"]:
-                path = self.outdir / rec["output"]
-                discard_temps(path)  # what a killed attempt (or run) left: no one writes this output now
-                rec["output"] = self.relative(path)
+            if rec["output"] and os.path.isabs(rec["output"]):
+                rec["output"] = self.relative(rec["output"])
             log.write(json.dumps(rec) + "\n")
             log.flush()
             records.append(rec)
@@ -348,4 +347,5 @@ class Batch:
             for rec in self.ready:
                 add(rec)
             runner.run(self.units, add)
+        discard_temps(self.outputs)  # what killed attempts (or runs) left: no one writes these outputs now
         return records

@@ -7,7 +7,6 @@ silenced once, process-wide, at import, and logged instead (visible with ``vqp -
 """
 from __future__ import annotations
 
-import glob
 import io
 import logging
 import os
@@ -16,6 +15,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -193,14 +193,27 @@ def reserve_temp(dest: str | os.PathLike, suffix: str = ".part") -> str:
     return tmp
 
 
-def discard_temps(dest: str | os.PathLike) -> list[Path]:
-    """Remove what writers of ``dest`` left behind when killed: ``reserve_temp``'s files and x264's
-    stats files named after them. Call it only when nothing is writing ``dest`` any more."""
-    dest = Path(dest)
-    gone = sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*.part*"))
-    for p in gone:
-        p.unlink(missing_ok=True)
-    return gone
+def discard_temps(dests: Iterable[str | os.PathLike]) -> list[Path]:
+    """Remove what writers of ``dests`` left behind when killed: ``reserve_temp``'s files
+    (``.NAME.*.part*``) and x264's stats files named after them. Each folder is listed once, so a
+    batch of many outputs in one folder costs one listing. Call it only when nothing is writing
+    any of ``dests`` any more."""
+    names: dict[Path, set[str]] = {}
+    for d in map(Path, dests):
+        names.setdefault(d.parent, set()).add(d.name)
+    gone = []
+    for folder, mine in names.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for e in entries:
+            rest = e[1:]  # ".NAME.XXXX.part..." -> NAME is everything before one of the later dots
+            if e.startswith(".") and any(rest[:i] in mine and ".part" in rest[i + 1:]
+                                         for i, ch in enumerate(rest) if ch == "."):
+                (folder / e).unlink(missing_ok=True)
+                gone.append(folder / e)
+    return sorted(gone)
 
 
 def publish(tmp: str, dest: str | os.PathLike) -> None:
