@@ -107,7 +107,7 @@ def fit(model: torch.nn.Module, train: Sequence[Sample], augment, trainable: set
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()
         dev = device_of(model)
-        with neck(model) as feats:
+        with neck(model) if distill else contextlib.nullcontext() as feats:
             loss = crit(model(to_tensor([s.rgb for s in picks], imgsz, dev)), targets(picks, imgsz, dev))[0].sum()
         if distill:
             with torch.no_grad(), neck(teacher) as goal:
