@@ -195,8 +195,8 @@ def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "r"), "--model", MODEL, "--imgsz", str(IMGSZ),
                  "--corruptions", "fog", "--held-out", "", "--codecs", "", "--severities", "1", "--blocks", "11"]) == 2
     assert "block 11 has no parameters" in capsys.readouterr().err
-    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "r"), "--distill", "-1"]) == 2
-    assert "distill must be 0 or more" in capsys.readouterr().err
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "d"), "--distill", "-1"]) == 2
+    assert "distill must be 0 or more" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
