@@ -162,3 +162,25 @@ codecs:
     rows = harness.summarize(recs, runner.gt)
     bd = harness.bd_rates(rows, cfg.codecs)
     assert [b["psnr_full"] for b in bd] == [None, None]  # 2 points per curve: no BD-rate, not a made-up one
+
+
+def test_compare_counts_groups_and_ties(tmp_path, capsys):
+    from benchmarks import compare
+
+    cols = ["group", "codec", "anchor", *compare.METRICS]
+    rows = [["fog/a", "orig", "x264", "-10", "-5", "", "1"], ["fog/a", "rep", "x264", "-20", "-4.97", "", "2"],
+            ["fog/b", "orig", "x264", "5", "", "-1", "0"], ["fog/b", "rep", "x264", "-5", "-3", "-2", "-1"],
+            ["fog (mean)", "orig", "x264", "0", "0", "0", "0"], ["fog (mean)", "rep", "x264", "-99", "-99", "-99", "-99"],
+            ["fog/a", "rep", "orig", "-9", "-9", "-9", "-9"]]
+    with open(tmp_path / "bdrate.csv", "w", newline="") as f:
+        csv.writer(f).writerows([cols, *rows])
+    assert compare.main([str(tmp_path), "orig", "rep"]) == 0
+    out = capsys.readouterr().out
+    assert "| fog/a | -10.0 / -20.0 ✓ | -5.0 / -5.0 | n/a / n/a | +1.0 / +2.0 |" in out  # -4.97: a tie
+    assert "| psnr_obj_det | 2/2 | -2.5 -> -12.5 | -10.0 |" in out
+    assert "| msssim_obj_det | 0/1 |" in out and "| psnr_obj_det_input | 1/1 |" in out and "(mean)" not in out
+    assert compare.main([str(tmp_path), "orig", "nope"]) == 0 and "nope better" in capsys.readouterr().out
+    assert compare.main([str(tmp_path), "orig", "rep", "--anchor", "x265"]) == 2
+    assert "no per-group rows for orig and rep against x265" in capsys.readouterr().err
+    assert compare.main([str(tmp_path / "missing"), "orig", "rep"]) == 2
+    assert "cannot read" in capsys.readouterr().err
