@@ -87,7 +87,8 @@ def main() -> int:
     ap.add_argument("--imgsz", type=int)
     ap.add_argument("--top-k", type=int)
     ap.add_argument("--lr", type=float)
-    ap.add_argument("--seed", type=int, help="seed of the augmentation stream and batches (default 0); the split stays")
+    ap.add_argument("--seed", type=int,
+                    help="seed of the augmentation stream and batches (default 0); the split stays")
     ap.add_argument("--blocks", type=lambda s: [int(x) for x in s.split(",")], help="tune these blocks (ablation)")
     ap.add_argument("--no-compare", action="store_true", help="skip the whole-network baseline")
     ap.add_argument("--no-search", action="store_true", help="skip the relaxed block search")
@@ -111,9 +112,10 @@ def main() -> int:
         check_map()
         return 0
     kw = {k: v for k, v in (("steps", a.steps), ("severities", a.severities), ("limit", a.limit),
-                            ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr), ("seed", a.seed), ("corruptions", a.corruptions),
-                            ("codecs", a.codecs), ("frame_step", a.frame_step), ("max_unlabelled", a.max_unlabelled),
-                            ("clusters", a.clusters), ("device", a.device), ("distill", a.distill)) if v is not None}
+                            ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr), ("seed", a.seed),
+                            ("corruptions", a.corruptions), ("codecs", a.codecs), ("frame_step", a.frame_step),
+                            ("max_unlabelled", a.max_unlabelled), ("clusters", a.clusters), ("device", a.device),
+                            ("distill", a.distill)) if v is not None}
     kw["extra"] = a.unlabelled
     kw["search"] = not a.no_search
     kw["freeze_bn"] = not a.bn_stats
