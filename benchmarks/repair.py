@@ -104,6 +104,7 @@ def main() -> int:
     ap.add_argument("--bn-stats", action="store_true", help="let BatchNorm update its statistics (first run)")
     ap.add_argument("--distill", type=float,
                     help="weight of the original's clean-image features as a target (default 2; runs recorded before it: 0)")
+    ap.add_argument("--colour", type=float, help="colour jitter of the clean training images (default 0)")
     ap.add_argument("--out", default="out/repair-bench")
     ap.add_argument("--check-map", action="store_true", help="only compare our mAP with Ultralytics' model.val")
     a = ap.parse_args()
@@ -115,7 +116,7 @@ def main() -> int:
                             ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr), ("seed", a.seed),
                             ("corruptions", a.corruptions), ("codecs", a.codecs), ("frame_step", a.frame_step),
                             ("max_unlabelled", a.max_unlabelled), ("clusters", a.clusters), ("device", a.device),
-                            ("distill", a.distill)) if v is not None}
+                            ("distill", a.distill), ("colour", a.colour)) if v is not None}
     kw["extra"] = a.unlabelled
     kw["search"] = not a.no_search
     kw["freeze_bn"] = not a.bn_stats

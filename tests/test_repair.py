@@ -10,7 +10,7 @@ from conftest import DATA, MODELS
 from vqp.cli import main
 from vqp.errors import VqpError
 from vqp.repair import corruptions as C
-from vqp.repair.augment import Policy, fda
+from vqp.repair.augment import HSV_GAINS, Policy, fda, jitter
 from vqp.repair.finetune import feature_gap, finetune, neck, pseudo_labels, save_checkpoint
 from vqp.repair.localize import rank_blocks, top_k
 from vqp.repair.robustness import Sample, load_model, load_yolo, mpc, rpc, score, split, to_tensor
@@ -152,6 +152,32 @@ def test_topk_finetune_freezes_the_rest_and_checkpoint_loads(model, samples, tmp
     assert any(b.name == "person" for b in det([load_image(bus_path).rgb])[0].boxes)
 
 
+def test_colour_jitter_is_ultralytics_hsv_and_the_teacher_sees_it(samples, monkeypatch):
+    """jitter equals Ultralytics' RandomHSV for the gains our generator draws; with colour > 0 the
+    clean image of Policy.pair (the teacher's input) is the jittered one, with colour 0 the
+    stream is the old one."""
+    import cv2
+    from ultralytics.data.augment import RandomHSV
+
+    rgb = np.ascontiguousarray(samples[0].rgb)
+    gains = np.random.default_rng(3).uniform(-1, 1, 3)
+    monkeypatch.setattr(np.random, "uniform", lambda *a, **k: gains.copy())
+    ref = RandomHSV(*HSV_GAINS).apply_image({"img": cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)})["img"]
+    out = jitter(rgb, np.random.default_rng(3))
+    assert np.array_equal(out, cv2.cvtColor(ref, cv2.COLOR_BGR2RGB)) and not np.array_equal(out, rgb)
+    monkeypatch.undo()
+
+    jit = Policy.from_failures(0.5, {"fog": {3: 0.3}}, floor=0.0, p_clean=1.0, colour=1.0)
+    off = Policy.from_failures(0.5, {"fog": {3: 0.3}}, floor=0.0, p_clean=1.0)
+    for i in range(4):
+        clean, d = jit.pair(samples[0], np.random.default_rng(i))
+        assert np.array_equal(clean, d.rgb) and not np.array_equal(clean, samples[0].rgb[:, ::-1]) \
+            and not np.array_equal(clean, samples[0].rgb)
+        clean, d = off.pair(samples[0], np.random.default_rng(i))
+        assert np.array_equal(clean, d.rgb) and (np.array_equal(clean, samples[0].rgb)
+                                                 or np.array_equal(clean, samples[0].rgb[:, ::-1]))
+
+
 def test_distillation_pairs_the_clean_image_and_pulls_features_toward_the_original(model, samples):
     """Policy.pair gives the clean image flipped like the degraded sample; fine-tuning with the
     original as teacher (and a weight that drowns the box loss) closes the feature gap between
@@ -197,20 +223,22 @@ def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     assert "block 11 has no parameters" in capsys.readouterr().err
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "d"), "--distill", "-1"]) == 2
     assert "distill must be 0 or more" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "c"), "--colour", "2"]) == 2
+    assert "colour must be between 0 and 1.4" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     out = tmp_path / "rep"
     rc = main(["repair", str(tiny_set), "-o", str(out), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions",
                "gaussian_noise", "--held-out", "spatter", "--codecs", "", "--severities", "3", "--steps", "1",
-               "--batch", "2", "--top-k", "2", "--distill", "1", "--unlabelled", str(tiny_set / "images"), str(DATA / "kodak" / "kodim01.png"), "--device", "cpu"])
+               "--batch", "2", "--top-k", "2", "--distill", "1", "--colour", "0.5", "--unlabelled", str(tiny_set / "images"), str(DATA / "kodak" / "kodim01.png"), "--device", "cpu"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert not set(rep["split"]["repair"]) & set(rep["split"]["eval"])
     assert rep["split"]["unlabelled"] == 1  # the labelled set's own images are left out, Kodak is in
     assert set(rep["results"]) == {"original", "block", "search", "whole"} and len(rep["top_k"]) == 2
     assert rep["saved"] == "search" and {a["chosen"] for a in rep["architecture"]} <= {"original", "bn", "se", "conv1x1"}
-    assert rep["tuned_blocks"] == rep["top_k"] and rep["budget"]["distill"] == 1.0
+    assert rep["tuned_blocks"] == rep["top_k"] and rep["budget"]["distill"] == 1.0 and rep["budget"]["colour"] == 0.5
     assert rep["budget"]["trainable_params"]["block"] < rep["budget"]["trainable_params"]["whole"]
     assert {"mpc_common", "rpc_common", "mpc_held_out", "clean_map"} <= set(rep["results"]["block"])
     assert (out / "heatmap.png").exists() and (out / "blocks.png").exists()

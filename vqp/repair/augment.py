@@ -10,13 +10,18 @@ Each training sample is drawn as one of three kinds:
   (Fourier domain adaptation, Yang and Soatto 2020: colour cast, contrast, haze, brightness),
   or is degraded afresh by the member's own (corruption, severity), which carries the
   high-frequency damage such as noise that a style transfer cannot.
-Horizontal flips (boxes flipped too) are applied to every kind.
+Horizontal flips (boxes flipped too) are applied to every kind. With ``colour`` > 0 the clean
+image itself is first colour-jittered the way Ultralytics trains (hue, saturation and value
+gains), and the distillation teacher sees that jittered image: fine-tuning on un-jittered
+images alone let the early blocks grow sensitive to saturation, which the original was trained
+to ignore.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -39,6 +44,21 @@ def fda(src: np.ndarray, style: np.ndarray, beta: float = 0.05) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+HSV_GAINS = (0.015, 0.7, 0.4)  # Ultralytics' default hsv_h, hsv_s, hsv_v
+
+
+def jitter(rgb: np.ndarray, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    """``rgb`` (H, W, 3 uint8) with hue, saturation and value scaled as Ultralytics' RandomHSV does,
+    gains drawn from ``rng`` up to ``scale`` x HSV_GAINS (its lookup tables, our generator)."""
+    h, s, v = rng.uniform(-1, 1, 3) * np.asarray(HSV_GAINS) * scale
+    x = np.arange(256, dtype=np.float64)
+    sat = np.clip(x * (1 + s), 0, 255).astype(np.uint8)
+    sat[0] = 0
+    lut = np.stack([((x + h * 180) % 180).astype(np.uint8), sat,
+                    np.clip(x * (1 + v), 0, 255).astype(np.uint8)], -1).reshape(1, 256, 3)
+    return cv2.cvtColor(cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV), lut), cv2.COLOR_HSV2RGB)
+
+
 @dataclass
 class Policy:
     """Sampling weights over (corruption, severity) plus failure samples to borrow style from."""
@@ -52,6 +72,7 @@ class Policy:
     p_clean: float = 0.2
     p_style: float = 0.3
     beta: float = 0.05
+    colour: float = 0.0  # colour jitter of the clean image, times HSV_GAINS (0: none, the stream unchanged)
 
     @classmethod
     def from_failures(cls, clean: float, cells: dict[str, dict[int, float]], failures: Sequence[Failure] = (),
@@ -84,7 +105,8 @@ class Policy:
     def pair(self, s: Sample, rng: np.random.Generator) -> tuple[np.ndarray, Sample]:
         """The clean image and the training sample drawn from it, flipped alike (the clean one is
         the distillation target's input, see finetune.fit)."""
-        clean, u = s.rgb, rng.random()
+        clean = jitter(s.rgb, rng, self.colour) if self.colour else s.rgb
+        u = rng.random()
         rgb = clean
         if u >= self.p_clean + (self.p_style if self.styles else 0):
             c, sev = self.choices[rng.choice(len(self.choices), p=self.weights)]

@@ -43,6 +43,7 @@ class Settings:
     search: bool = True               # ArchRepair relaxed block search on the top-k (the saved checkpoint)
     freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
     distill: float = 2.0              # weight of the original's clean-image neck features as a target (finetune.fit)
+    colour: float = 0.0               # colour jitter of the clean training image, x Ultralytics' hsv gains (augment.jitter)
     blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
     seed: int = 0
     device: str | None = None         # cpu, cuda, cuda:N; default the first GPU where one exists
@@ -66,6 +67,8 @@ class Settings:
             raise VqpError(f"held-out corruption {sorted(leaked)[0]} cannot be used for repair")
         if not self.distill >= 0:
             raise VqpError(f"distill must be 0 or more, got {self.distill}")
+        if not 0 <= self.colour <= 1.4:
+            raise VqpError(f"colour must be between 0 and 1.4 (saturation gain 0.7 x colour below 1), got {self.colour}")
         if self.imgsz % 32 or not 64 <= self.imgsz <= 1280:
             raise VqpError(f"imgsz must be a multiple of 32 between 64 and 1280, got {self.imgsz}")
         for name, v in (("top-k", self.top_k), ("steps", self.steps), ("batch", self.batch),
@@ -195,7 +198,8 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     fa, failures = benchmark({"original": model}, probe, {"common": st.corruptions}, st.severities, st.imgsz,
                              keep_failures=st.failures, progress=lambda *a: step("failure analysis", *a))
     labels = kmeans(embed(model, [f.rgb for f in failures], st.imgsz), st.clusters, st.seed)
-    policy = Policy.from_failures(fa["original"]["clean_map"], fa["original"]["common"], failures, labels)
+    policy = Policy.from_failures(fa["original"]["clean_map"], fa["original"]["common"], failures, labels,
+                                   colour=st.colour)
     found = describe(failures, labels)
     (out / "clusters").mkdir(exist_ok=True)
     for g in found:
@@ -246,7 +250,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
         "split": {"repair": [s.name for s in repair_set], "eval": [s.name for s in eval_set],
                   "unlabelled": len(train) - len(repair_set), "unlabelled_sources": list(st.extra),
                   "failure_analysis_images": len(probe)},
-        "budget": {**kw, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
+        "budget": {**kw, "colour": st.colour, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
                                                           for p in m.model[i].parameters())) for k, m in tuned.items()}},
         "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
                              "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
