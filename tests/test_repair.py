@@ -231,7 +231,8 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     out = tmp_path / "rep"
     rc = main(["repair", str(tiny_set), "-o", str(out), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions",
                "gaussian_noise", "--held-out", "spatter", "--codecs", "", "--severities", "3", "--steps", "1",
-               "--batch", "2", "--top-k", "2", "--distill", "1", "--colour", "0.5", "--unlabelled", str(tiny_set / "images"), str(DATA / "kodak" / "kodim01.png"), "--device", "cpu"])
+               "--batch", "2", "--top-k", "2", "--distill", "1", "--colour", "0.5",
+               "--unlabelled", str(tiny_set / "images"), str(DATA / "kodak" / "kodim01.png"), "--device", "cpu"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert not set(rep["split"]["repair"]) & set(rep["split"]["eval"])

@@ -43,7 +43,7 @@ class Settings:
     search: bool = True               # ArchRepair relaxed block search on the top-k (the saved checkpoint)
     freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
     distill: float = 2.0              # weight of the original's clean-image neck features as a target (finetune.fit)
-    colour: float = 0.0               # colour jitter of the clean training image, x Ultralytics' hsv gains (augment.jitter)
+    colour: float = 0.0               # colour jitter of clean training images, x Ultralytics' gains (augment.jitter)
     blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
     seed: int = 0
     device: str | None = None         # cpu, cuda, cuda:N; default the first GPU where one exists
@@ -68,7 +68,7 @@ class Settings:
         if not self.distill >= 0:
             raise VqpError(f"distill must be 0 or more, got {self.distill}")
         if not 0 <= self.colour <= 1.4:
-            raise VqpError(f"colour must be between 0 and 1.4 (saturation gain 0.7 x colour below 1), got {self.colour}")
+            raise VqpError(f"colour must be between 0 and 1.4 (saturation gain below 1), got {self.colour}")
         if self.imgsz % 32 or not 64 <= self.imgsz <= 1280:
             raise VqpError(f"imgsz must be a multiple of 32 between 64 and 1280, got {self.imgsz}")
         for name, v in (("top-k", self.top_k), ("steps", self.steps), ("batch", self.batch),
