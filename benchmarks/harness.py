@@ -48,15 +48,38 @@ class Config:
     threads: int = 2
 
 
-def load_config(path: str | Path, out: str | Path | None = None) -> Config:
-    """Read a YAML run declaration (see benchmarks/configs/quick.yaml) with clear errors."""
-    path = Path(path)
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config's mapping, with its ``base`` (a config file, relative to this one) folded in: this
+    file's keys replace the base's, except ``codecs``, merged by name (a codec the base has is
+    updated key by key, a new one is appended); ``name`` and ``out`` are never inherited, so a
+    variant runs into a folder of its own. A variant then states only what differs."""
     if not path.is_file():
         raise VqpError(f"{path}: no such config file")
     try:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise VqpError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict) or "base" not in d:
+        return d
+    base = (path.parent / str(d.pop("base"))).resolve()
+    if base in seen:
+        raise VqpError(f"{path}: base {base.name} includes itself")
+    b = read_yaml(base, (*seen, path.resolve()))
+    if not isinstance(b, dict):
+        raise VqpError(f"{base}: a base config must be a mapping")
+    codecs = {c.get("name"): dict(c) for c in b.get("codecs") or [] if isinstance(c, dict)}
+    for c in d.pop("codecs", None) or []:
+        if not isinstance(c, dict) or "name" not in c:
+            raise VqpError(f"{path}: each codec needs a name")
+        codecs[c["name"]] = {**codecs.get(c["name"], {}), **c}
+    b = {k: v for k, v in b.items() if k not in ("name", "out")}
+    return {**b, **d, "codecs": list(codecs.values())}
+
+
+def load_config(path: str | Path, out: str | Path | None = None) -> Config:
+    """Read a YAML run declaration (see benchmarks/configs/quick.yaml) with clear errors."""
+    path = Path(path)
+    d = read_yaml(path)
     if not isinstance(d, dict) or not d.get("datasets") or not d.get("codecs"):
         raise VqpError(f"{path}: needs 'datasets' and 'codecs' lists")
     unknown = set(d) - {"name", "out", "datasets", "codecs", "grid", "model", "roi_conf", "region_conf", "map_conf",

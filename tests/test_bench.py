@@ -122,6 +122,8 @@ def test_coco_map_perfect_and_empty():
     ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1], detector: {oracle: true}}]",
      "for a vqp image codec"),
     ("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1]}]\nthreds: 2", "unknown keys threds"),
+    ("base: nope.yaml\ncodecs: [{name: a, model: m.pt}]", "nope.yaml: no such config file"),
+    ("base: bad.yaml\ndatasets: [{kind: kodak}]", "base bad.yaml includes itself"),
 ])
 def test_bad_config(tmp_path, capsys, text, msg):
     p = tmp_path / "bad.yaml"
@@ -131,6 +133,36 @@ def test_bad_config(tmp_path, capsys, text, msg):
     assert main([str(p), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("benchmarks: error:") and "Traceback" not in err
+
+
+def test_config_base_is_folded_in(tmp_path):
+    """A variant takes its base's datasets and grid, updates the codecs it names key by key, appends
+    new ones, and keeps its own name (hence its own run folder)."""
+    (tmp_path / "b.yaml").write_text("""
+name: b
+out: somewhere
+datasets: [{kind: clips, only: [akiyo_cif], frames: 6}]
+grid: {video: [30, 44]}
+codecs:
+  - {name: plain, encoder: libx264}
+  - {name: v, encoder: libx264, vqp: true, model: a.pt, anchors: [plain]}
+""")
+    (tmp_path / "v.yaml").write_text("""
+base: b.yaml
+codecs:
+  - {name: v, model: b.pt}
+  - {name: w, encoder: libx264, vqp: true, anchors: [plain]}
+""")
+    cfg = harness.load_config(tmp_path / "v.yaml")
+    assert cfg.name == "v" and cfg.out.name == "v"
+    assert cfg.datasets == [{"kind": "clips", "only": ["akiyo_cif"], "frames": 6}]
+    assert [(c.name, c.model, c.anchors, c.grid) for c in cfg.codecs] == [
+        ("plain", None, (), (30, 44)), ("v", "b.pt", ("plain",), (30, 44)), ("w", None, ("plain",), (30, 44))]
+    assert harness.load_config(tmp_path / "b.yaml").codecs[1].model == "a.pt"
+    (tmp_path / "l.yaml").write_text("- 1\n")
+    (tmp_path / "v.yaml").write_text("base: l.yaml\n")
+    with pytest.raises(VqpError, match="a base config must be a mapping"):
+        harness.load_config(tmp_path / "v.yaml")
 
 
 def test_missing_config(tmp_path, capsys):
