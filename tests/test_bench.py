@@ -1,11 +1,14 @@
 """Benchmark harness: outputs, resume from cache, BD-rate sign, mAP scoring and config errors."""
+import copy
 import csv
 import json
 
 import pytest
+import torch
 
 from benchmarks import datasets, harness
 from benchmarks.__main__ import main
+from conftest import MODELS
 from vqp.errors import VqpError
 
 TINY = """
@@ -216,3 +219,29 @@ def test_compare_counts_groups_and_ties(tmp_path, capsys):
     assert "no per-group rows for orig and rep against x265" in capsys.readouterr().err
     assert compare.main([str(tmp_path / "missing"), "orig", "rep"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_block_swap_takes_one_block_and_prints_scores(capsys):
+    """benchmarks.block_swap: each swapped model differs from the original in its one block only;
+    swapping in blocks of an identical checkpoint leaves every score as the original's."""
+    from benchmarks import block_swap
+    from vqp.repair.robustness import load_model
+
+    orig = load_model(None)[0]
+    rep = copy.deepcopy(orig)
+    for p in rep.parameters():
+        p.data.add_(1.0)
+    models = block_swap.swapped(orig, rep, [0, 4])
+    assert list(models) == ["original", "repaired", "block 0", "block 4"]
+    for k, m in enumerate(models["block 4"].model):
+        src = rep if k == 4 else orig
+        assert all(torch.equal(a, b) for a, b in zip(m.parameters(), src.model[k].parameters()))
+    with pytest.raises(VqpError, match="block 99 is out of range"):
+        block_swap.swapped(orig, rep, [99])
+
+    assert block_swap.main([str(MODELS / "yolo11n_coco_dq.pt"), "--blocks", "0,1", "--corruptions", "saturate",
+                            "--imgsz", "160", "--limit", "3", "--threads", "1"]) == 0
+    rows = [r.split("|")[2:4] for r in capsys.readouterr().out.splitlines()[2:]]
+    assert len(rows) == 4 and len(set(map(tuple, rows))) == 1
+    assert block_swap.main(["nope.pt", "--blocks", "0"]) == 2
+    assert capsys.readouterr().err.startswith("block_swap: error:")
