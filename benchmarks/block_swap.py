@@ -16,10 +16,9 @@ import sys
 
 import torch
 
+from vqp.cli.repair import DEFAULT_DATA
 from vqp.errors import VqpError
 from vqp.repair.robustness import benchmark, load_model, load_yolo, split
-
-from vqp.cli.repair import DEFAULT_DATA
 
 
 def swapped(original: torch.nn.Module, repaired: torch.nn.Module, blocks: list[int]) -> dict[str, torch.nn.Module]:
