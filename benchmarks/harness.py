@@ -67,13 +67,17 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     b = read_yaml(base, (*seen, path.resolve()))
     if not isinstance(b, dict):
         raise VqpError(f"{base}: a base config must be a mapping")
-    codecs = {c.get("name"): dict(c) for c in b.get("codecs") or [] if isinstance(c, dict)}
+    codecs = list(b.get("codecs") or [])  # as the base has them: load_config checks them as it would there
     for c in d.pop("codecs", None) or []:
         if not isinstance(c, dict) or "name" not in c:
             raise VqpError(f"{path}: each codec needs a name")
-        codecs[c["name"]] = {**codecs.get(c["name"], {}), **c}
+        i = next((i for i, x in enumerate(codecs) if isinstance(x, dict) and x.get("name") == c["name"]), None)
+        if i is None:
+            codecs.append(c)
+        else:
+            codecs[i] = {**codecs[i], **c}
     b = {k: v for k, v in b.items() if k not in ("name", "out")}
-    return {**b, **d, "codecs": list(codecs.values())}
+    return {**b, **d, "codecs": codecs}
 
 
 def load_config(path: str | Path, out: str | Path | None = None) -> Config:

@@ -162,6 +162,11 @@ codecs:
     assert [(c.name, c.model, c.anchors, c.grid) for c in cfg.codecs] == [
         ("plain", None, (), (30, 44)), ("v", "b.pt", ("plain",), (30, 44)), ("w", None, ("plain",), (30, 44))]
     assert harness.load_config(tmp_path / "b.yaml").codecs[1].model == "a.pt"
+    (tmp_path / "d.yaml").write_text("datasets: [{kind: kodak}]\ncodecs: [{name: a, encoder: pillow, grid: [1]}, "
+                                     "{name: a, encoder: jpegli, grid: [1]}]\n")
+    (tmp_path / "v.yaml").write_text("base: d.yaml\n")
+    with pytest.raises(VqpError, match="codec names must be unique"):  # as when loading the base itself
+        harness.load_config(tmp_path / "v.yaml")
     (tmp_path / "l.yaml").write_text("- 1\n")
     (tmp_path / "v.yaml").write_text("base: l.yaml\n")
     with pytest.raises(VqpError, match="a base config must be a mapping"):
