@@ -12,9 +12,9 @@ Each training sample is drawn as one of three kinds:
   high-frequency damage such as noise that a style transfer cannot.
 Horizontal flips (boxes flipped too) are applied to every kind. With ``colour`` > 0 the clean
 image itself is first colour-jittered the way Ultralytics trains (hue, saturation and value
-gains), and the distillation teacher sees that jittered image: fine-tuning on un-jittered
-images alone let the early blocks grow sensitive to saturation, which the original was trained
-to ignore.
+gains), and the distillation teacher sees that jittered image, so the repair trains on the colour
+range the original was trained on. (It was meant to stop the repaired model losing to the held-out
+saturate corruption; it did not: RESULTS.md, "Colour jitter against the saturate loss".)
 """
 from __future__ import annotations
 
