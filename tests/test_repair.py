@@ -11,7 +11,7 @@ from vqp.cli import main
 from vqp.errors import VqpError
 from vqp.repair import corruptions as C
 from vqp.repair.augment import HSV_GAINS, Policy, fda, jitter
-from vqp.repair.finetune import feature_gap, finetune, neck, pseudo_labels, save_checkpoint
+from vqp.repair.finetune import blend, feature_gap, finetune, neck, pseudo_labels, save_checkpoint
 from vqp.repair.localize import rank_blocks, top_k
 from vqp.repair.robustness import Sample, load_model, load_yolo, mpc, rpc, score, split, to_tensor
 
@@ -152,6 +152,27 @@ def test_topk_finetune_freezes_the_rest_and_checkpoint_loads(model, samples, tmp
     assert any(b.name == "person" for b in det([load_image(bus_path).rgb])[0].boxes)
 
 
+def test_blend_interpolates_every_weight_and_refuses_other_architectures(model):
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(1.0)
+    a, b = model.state_dict(), tuned.state_dict()
+    for alpha, want in ((0.0, a), (1.0, b)):
+        got = blend(model, tuned, alpha).state_dict()
+        assert all(torch.allclose(got[k].float(), want[k].float()) for k in a)
+    half = blend(model, tuned, 0.25).state_dict()
+    w = "model.0.conv.weight"
+    assert torch.allclose(half[w], a[w] + 0.25) and half[w].dtype == a[w].dtype
+    assert torch.equal(model.state_dict()[w], a[w])  # the inputs are untouched
+    other = copy.deepcopy(model)
+    other.model[0].conv = torch.nn.Conv2d(3, 8, 3)
+    with pytest.raises(VqpError, match="different architectures"):
+        blend(model, other, 0.5)
+    with pytest.raises(VqpError, match="between 0 and 1"):
+        blend(model, tuned, 1.5)
+
+
 def test_colour_jitter_is_ultralytics_hsv_and_the_teacher_sees_it(samples, monkeypatch):
     """jitter equals Ultralytics' RandomHSV for the gains our generator draws; with colour > 0 the
     clean image of Policy.pair (the teacher's input) is the jittered one, with colour 0 the
@@ -225,6 +246,10 @@ def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     assert "distill must be 0 or more" in capsys.readouterr().err and not (tmp_path / "d").exists()
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "c"), "--colour", "2"]) == 2
     assert "colour must be between 0 and 1.4" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "b"), "--blend", "0.5"]) == 2
+    assert "blend needs --no-search" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "b"), "--blend", "0", "--no-search"]) == 2
+    assert "blend must be above 0" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
@@ -253,6 +278,24 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["detections"]
     assert main(["detect", str(tiny_set / "images" / "000000000009.jpg"), "--model", str(out / "repaired.pt"),
                  "--imgsz", str(IMGSZ)]) == 0 and capsys.readouterr().out.strip()
+
+
+def test_cli_repair_blend_saves_the_blend_of_the_tuned_weights(tiny_set, tmp_path, capsys):
+    """--blend A saves original + A x (tuned - original): two seeded runs, A = 1 and A = 0.5."""
+    base = ["repair", str(tiny_set), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions", "gaussian_noise",
+            "--held-out", "", "--codecs", "", "--severities", "3", "--steps", "1", "--batch", "2", "--blocks", "2",
+            "--no-search", "--no-compare", "--analysis-limit", "2", "--device", "cpu"]
+    assert main(base + ["-o", str(tmp_path / "full")]) == 0
+    assert main(base + ["-o", str(tmp_path / "half"), "--blend", "0.5"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "half" / "report.json").read_text())["budget"]["blend"] == 0.5
+    orig = load_model(MODEL)[0].state_dict()
+    full, half = (load_model(str(tmp_path / d / "repaired.pt"))[0].state_dict() for d in ("full", "half"))
+    w = "model.2.cv1.conv.weight"
+    assert not torch.equal(full[w], orig[w])
+    # the checkpoints are fp16, so the midpoint holds to fp16 rounding
+    assert torch.allclose(half[w], (orig[w] + full[w]) / 2, atol=2e-3)
+    assert all(torch.equal(half[k], orig[k]) for k in orig if not k.startswith("model.2."))
 
 
 def test_unlabelled_images_and_video_frames(tmp_path, samples):

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..errors import VqpError
 from ..imageio import publish, reserve_temp
 from .robustness import Predictor, Sample, device_of, to_tensor
 
@@ -153,6 +154,24 @@ def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable,
     losses = fit(model, train, augment, trainable, groups, steps=steps, imgsz=imgsz, batch=batch, seed=seed,
                  freeze_bn=freeze_bn, teacher=teacher, distill=distill, progress=progress)
     return model, losses
+
+
+def blend(original: torch.nn.Module, tuned: torch.nn.Module, alpha: float) -> torch.nn.Module:
+    """A copy of ``tuned`` with every float weight and statistic at (1 - alpha) x original + alpha x tuned.
+
+    Weight-space interpolation (WiSE-FT, Wortsman et al., CVPR 2022): a fine-tuned network and
+    the network it was tuned from lie in one basin, so points between them keep much of the
+    tuning's gain on the shifts it trained for while giving back less on those it did not.
+    Both must have the same architecture (a searched variant does not blend with its original).
+    """
+    if not 0 <= alpha <= 1:
+        raise VqpError(f"blend must be between 0 and 1, got {alpha}")
+    a, b = original.state_dict(), tuned.state_dict()
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise VqpError("cannot blend models of different architectures")
+    out = copy.deepcopy(tuned)
+    out.load_state_dict({k: torch.lerp(a[k].to(v), v, alpha) if v.is_floating_point() else v for k, v in b.items()})
+    return out
 
 
 def save_checkpoint(model: torch.nn.Module, source: str | os.PathLike, dest: str | os.PathLike, note: dict) -> None:

@@ -17,7 +17,7 @@ from .archsearch import search
 from .augment import Policy
 from .cluster import describe, embed, kmeans
 from .corruptions import CODECS, COMMON, HELD_OUT, QUICK, SEVERITIES, check, degrade
-from .finetune import finetune, pseudo_labels, save_checkpoint
+from .finetune import blend, finetune, pseudo_labels, save_checkpoint
 from .localize import rank_blocks, top_k
 from .report import block_plot, contact_sheet, heatmap, table, write_json
 from .robustness import Sample, benchmark, load_model, load_yolo, resize_long, split
@@ -44,6 +44,7 @@ class Settings:
     freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
     distill: float = 2.0              # weight of the original's clean-image neck features as a target (finetune.fit)
     colour: float = 0.0               # colour jitter of clean training images, x Ultralytics' gains (augment.jitter)
+    blend: float = 1.0                # share of the tuning's weight change kept (finetune.blend; 1: all of it)
     blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
     seed: int = 0
     device: str | None = None         # cpu, cuda, cuda:N; default the first GPU where one exists
@@ -69,6 +70,10 @@ class Settings:
             raise VqpError(f"distill must be 0 or more, got {self.distill}")
         if not 0 <= self.colour <= 1.4:
             raise VqpError(f"colour must be between 0 and 1.4 (saturation gain below 1), got {self.colour}")
+        if not 0 < self.blend <= 1:
+            raise VqpError(f"blend must be above 0 and at most 1, got {self.blend}")
+        if self.blend < 1 and self.search:
+            raise VqpError("blend needs --no-search: a searched block's variant has no counterpart in the original")
         if self.imgsz % 32 or not 64 <= self.imgsz <= 1280:
             raise VqpError(f"imgsz must be a multiple of 32 between 64 and 1280, got {self.imgsz}")
         for name, v in (("top-k", self.top_k), ("steps", self.steps), ("batch", self.batch),
@@ -234,13 +239,15 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     if st.compare:
         tuned["whole"], losses["whole"] = finetune(model, train, policy, blocks=None,
                                                    progress=lambda *a: step("whole network", *a), **kw)
+    if st.blend < 1:  # both fine-tunings, so the comparison stays at equal budget
+        tuned = {k: blend(model, m, st.blend) for k, m in tuned.items()}
 
     # 4. evaluation on held-out images only
     ev, _ = benchmark({"original": model, **tuned}, eval_set, groups(st), st.severities, st.imgsz,
                       progress=lambda *a: step("evaluation", *a))
     best = "search" if st.search else "block"
     note = {"method": f"vqp repair: top-k block {'search' if st.search else 'fine-tuning'}", "blocks": chosen,
-            "source": source, "architecture": arch if st.search else []}
+            "source": source, "architecture": arch if st.search else [], "blend": st.blend}
     save_checkpoint(tuned[best], source, out / "repaired.pt", note)
     names = dict(model.names)
     report = {
@@ -250,7 +257,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
         "split": {"repair": [s.name for s in repair_set], "eval": [s.name for s in eval_set],
                   "unlabelled": len(train) - len(repair_set), "unlabelled_sources": list(st.extra),
                   "failure_analysis_images": len(probe)},
-        "budget": {**kw, "colour": st.colour, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
+        "budget": {**kw, "colour": st.colour, "blend": st.blend, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
                                                           for p in m.model[i].parameters())) for k, m in tuned.items()}},
         "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
                              "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
