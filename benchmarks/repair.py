@@ -33,7 +33,7 @@ def markdown(rep: dict, seconds: float, cmd: str) -> str:
     lines = [f"Command: `{cmd}` ({seconds / 60:.0f} min). imgsz {rep['imgsz']}, "
              f"{len(rep['split']['repair'])} repair / {len(rep['split']['eval'])} held-out images, "
              f"severities {rep['severities']}, {rep['budget']['steps']} steps x batch {rep['budget']['batch']}, "
-             f"AdamW lr {rep['budget']['lr']}, BatchNorm statistics {'frozen' if rep['budget']['freeze_bn'] else 'updated'}, "
+             f"AdamW lr {rep['budget']['lr']}, blend {rep['budget'].get('blend', 1.0)}, BatchNorm statistics {'frozen' if rep['budget']['freeze_bn'] else 'updated'}, "
              f"tuned blocks {rep['tuned_blocks']} (ranked top-k {rep['top_k']}), "
              f"{rep['split']['unlabelled']} unlabelled images, searched variants "
              f"{[(a['block'], a['chosen']) for a in rep['architecture']]}.", "",
@@ -105,6 +105,7 @@ def main() -> int:
     ap.add_argument("--distill", type=float,
                     help="weight of the original's clean-image features as a target (default 2; runs recorded before it: 0)")
     ap.add_argument("--colour", type=float, help="colour jitter of the clean training images (default 0)")
+    ap.add_argument("--blend", type=float, help="share of the tuning's weight change kept (default 1)")
     ap.add_argument("--out", default="out/repair-bench")
     ap.add_argument("--check-map", action="store_true", help="only compare our mAP with Ultralytics' model.val")
     a = ap.parse_args()
@@ -116,7 +117,7 @@ def main() -> int:
                             ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr), ("seed", a.seed),
                             ("corruptions", a.corruptions), ("codecs", a.codecs), ("frame_step", a.frame_step),
                             ("max_unlabelled", a.max_unlabelled), ("clusters", a.clusters), ("device", a.device),
-                            ("distill", a.distill), ("colour", a.colour)) if v is not None}
+                            ("distill", a.distill), ("colour", a.colour), ("blend", a.blend)) if v is not None}
     kw["extra"] = a.unlabelled
     kw["search"] = not a.no_search
     kw["freeze_bn"] = not a.bn_stats

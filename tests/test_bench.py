@@ -250,3 +250,25 @@ def test_block_swap_takes_one_block_and_prints_scores(capsys):
     assert len(rows) == 4 and len(set(map(tuple, rows))) == 1
     assert block_swap.main(["nope.pt", "--blocks", "0"]) == 2
     assert capsys.readouterr().err.startswith("block_swap: error:")
+
+
+def test_blend_scores_the_blends_between_the_two_checkpoints(capsys, tmp_path):
+    """benchmarks.blend: one row per model; blending a checkpoint with itself changes no score."""
+    from benchmarks import blend
+
+    ckpt = str(MODELS / "yolo11n_coco_dq.pt")
+    assert blend.main([ckpt, "--alphas", "0.5", "--corruptions", "fog", "--imgsz", "160", "--limit", "3",
+                       "--threads", "1"]) == 0
+    rows = [r.split("|")[1:-1] for r in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0].strip() for r in rows] == ["original", "repaired", "blend 0.5"]
+    assert len({tuple(r[1:]) for r in rows}) == 1
+    assert blend.main([ckpt, "--alphas", "2"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+    assert blend.main(["nope.pt", "--alphas", "0.5"]) == 2
+    assert capsys.readouterr().err.startswith("blend: error:")
+    assert blend.main([ckpt, "--alphas", "0.5,1", "--save", str(tmp_path / "b.pt")]) == 2
+    assert "one alpha" in capsys.readouterr().err and not (tmp_path / "b.pt").exists()
+    assert blend.main([ckpt, "--alphas", "0.5", "--save", str(tmp_path / "b.pt")]) == 0
+    from vqp.detect import load_detector
+
+    assert load_detector(str(tmp_path / "b.pt")).source == str(tmp_path / "b.pt")
