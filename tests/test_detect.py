@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,26 @@ def test_openvino_export_loads(bus_path):
     det = load_detector(str(MODELS / "yolo11n_int8_openvino_model"))
     names = [b.name for b in det([load_image(bus_path).rgb])[0].boxes if b.conf > 0.5]
     assert "bus" in names and "person" in names
+
+
+def test_int8_export_is_the_same_on_every_machine(tmp_path, monkeypatch):
+    """Two exports of one checkpoint into two fresh caches, from processes whose torch seeds differ
+    (each process draws its own), are byte-identical: Ultralytics orders the calibration images by
+    that seed. The caller's random stream is left as it was."""
+    import torch
+
+    from vqp.models import openvino_export
+
+    bins = []
+    for seed in (1, 2):
+        monkeypatch.setenv("VQP_CACHE_DIR", str(tmp_path / str(seed)))
+        torch.manual_seed(seed)
+        out = openvino_export(str(MODELS / "yolo11n_coco_dq.pt"), 128)
+        assert out and "int8" in out
+        assert torch.initial_seed() == seed and torch.equal(torch.random.get_rng_state(),
+                                                            torch.manual_seed(seed).get_state())
+        bins.append((Path(out) / "model.bin").read_bytes())
+    assert bins[0] == bins[1]
 
 
 def test_onnx_export_loads(bus_path):

@@ -119,7 +119,8 @@ def openvino_export(checkpoint: str, imgsz: int) -> str | None:
     calib = calibration_set() if importlib.util.find_spec("nncf") else None
     digest = hashlib.sha1(src.read_bytes()).hexdigest()[:12]
     kind = "int8" if calib else "fp32"
-    dst = cache_dir() / "openvino" / f"{src.stem}-{digest}-{imgsz}-{kind}_openvino_model"  # Ultralytics knows the suffix
+    # "seeded": exports cached before the calibration was seeded (below) differ per machine, so are not reused
+    dst = cache_dir() / "openvino" / f"{src.stem}-{digest}-{imgsz}-{kind}-seeded_openvino_model"  # Ultralytics knows the suffix
     if (dst / "metadata.yaml").is_file():
         return str(dst)
     try:
@@ -141,8 +142,14 @@ def openvino_export(checkpoint: str, imgsz: int) -> str | None:
 
             if calib:
                 log.warning("vqp: making an int8 OpenVINO copy of %s for the CPU (once, about 20 s)", src.name)
-            with warnings.catch_warnings():  # torch.jit's deprecation notes mean nothing to a vqp user
-                warnings.simplefilter("ignore")
+            import torch
+
+            # Ultralytics shuffles the calibration batches with a generator seeded from torch's
+            # process-random initial seed, and NNCF averages the ranges per batch, so without a fixed
+            # seed every export quantizes differently and `vqp encode` steers differently per machine.
+            with warnings.catch_warnings(), torch.random.fork_rng():
+                warnings.simplefilter("ignore")  # torch.jit's deprecation notes mean nothing to a vqp user
+                torch.manual_seed(0)
                 out = YOLO(str(Path(tmp) / "model.pt")).export(format="openvino", imgsz=imgsz, half=False,
                                                                dynamic=False, verbose=False, **extra)
             try:
