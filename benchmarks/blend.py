@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from vqp.cli.repair import DEFAULT_DATA
 from vqp.errors import VqpError
 from vqp.repair.corruptions import COMMON, HELD_OUT
 from vqp.repair.finetune import blend, save_checkpoint
-from vqp.repair.robustness import benchmark, load_model, load_yolo, split
+from vqp.repair.robustness import benchmark, load_model
+
+from .checkpoints import add_arguments, held_out
 
 
 def blends(original: torch.nn.Module, repaired: torch.nn.Module, alphas: list[float]) -> dict[str, torch.nn.Module]:
@@ -51,15 +52,10 @@ def table(scores: dict, held_out: list[str], severity: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.blend", description=__doc__.splitlines()[0])
-    ap.add_argument("repaired", help="repaired checkpoint")
-    ap.add_argument("--original", help="the checkpoint it was repaired from (default: vqp's default model)")
+    add_arguments(ap)
     ap.add_argument("--alphas", required=True, type=lambda s: [float(x) for x in s.split(",")])
     ap.add_argument("--corruptions", type=lambda s: [x for x in s.split(",") if x],
                     help="repair corruptions (default: from the run's report.json)")
-    ap.add_argument("--severity", type=int, default=3)
-    ap.add_argument("--imgsz", type=int, default=640)
-    ap.add_argument("--limit", type=int, default=64, help="held-out images (default 64: the whole half)")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save", metavar="PATH", help="write the blend (one alpha) as a checkpoint and score nothing")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -73,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         models = blends(original, repaired, a.alphas)
         groups = {"common": a.corruptions or repair_corruptions(a.repaired), "held_out": list(HELD_OUT)}
-        held = split(load_yolo(DEFAULT_DATA, a.imgsz), "eval")[: a.limit]
-        scores, _ = benchmark(models, held, groups, [a.severity], a.imgsz)
+        scores, _ = benchmark(models, held_out(a.imgsz, a.limit), groups, [a.severity], a.imgsz)
     except VqpError as e:
         print(f"blend: error: {e}", file=sys.stderr)
         return 2

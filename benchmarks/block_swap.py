@@ -16,9 +16,10 @@ import sys
 
 import torch
 
-from vqp.cli.repair import DEFAULT_DATA
 from vqp.errors import VqpError
-from vqp.repair.robustness import benchmark, load_model, load_yolo, split
+from vqp.repair.robustness import benchmark, load_model
+
+from .checkpoints import add_arguments, held_out
 
 
 def swapped(original: torch.nn.Module, repaired: torch.nn.Module, blocks: list[int]) -> dict[str, torch.nn.Module]:
@@ -48,20 +49,14 @@ def table(scores: dict, corruptions: list[str], severity: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.block_swap", description=__doc__.splitlines()[0])
-    ap.add_argument("repaired", help="repaired checkpoint")
-    ap.add_argument("--original", help="the checkpoint it was repaired from (default: vqp's default model)")
+    add_arguments(ap)
     ap.add_argument("--blocks", required=True, type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--corruptions", default="saturate,spatter", type=lambda s: [x for x in s.split(",") if x])
-    ap.add_argument("--severity", type=int, default=3)
-    ap.add_argument("--imgsz", type=int, default=640)
-    ap.add_argument("--limit", type=int, default=64, help="held-out images (default 64: the whole half)")
-    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     try:
         models = swapped(load_model(a.original)[0], load_model(a.repaired)[0], a.blocks)
-        held = split(load_yolo(DEFAULT_DATA, a.imgsz), "eval")[: a.limit]
-        scores, _ = benchmark(models, held, {"held_out": a.corruptions}, [a.severity], a.imgsz)
+        scores, _ = benchmark(models, held_out(a.imgsz, a.limit), {"held_out": a.corruptions}, [a.severity], a.imgsz)
     except VqpError as e:
         print(f"block_swap: error: {e}", file=sys.stderr)
         return 2
