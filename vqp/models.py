@@ -147,7 +147,7 @@ def openvino_export(checkpoint: str, imgsz: int) -> str | None:
             # Ultralytics shuffles the calibration batches with a generator seeded from torch's
             # process-random initial seed, and NNCF averages the ranges per batch, so without a fixed
             # seed every export quantizes differently and `vqp encode` steers differently per machine.
-            with warnings.catch_warnings(), torch.random.fork_rng():
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):  # CPU state only: no CUDA start-up
                 warnings.simplefilter("ignore")  # torch.jit's deprecation notes mean nothing to a vqp user
                 torch.manual_seed(0)
                 out = YOLO(str(Path(tmp) / "model.pt")).export(format="openvino", imgsz=imgsz, half=False,
