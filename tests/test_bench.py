@@ -272,3 +272,32 @@ def test_blend_scores_the_blends_between_the_two_checkpoints(capsys, tmp_path):
     from vqp.detect import load_detector
 
     assert load_detector(str(tmp_path / "b.pt")).source == str(tmp_path / "b.pt")
+
+
+def test_paired_bootstrap_brackets_the_change_and_counts_the_losing_draws(capsys):
+    """benchmarks.paired: identical predictions change nothing in any draw; dropping the detections
+    on one image of five is a loss on every draw that contains it, and the interval covers it."""
+    import numpy as np
+
+    from benchmarks import paired
+    from vqp.repair.robustness import Sample
+
+    boxes = np.array([[10, 10, 50, 50], [60, 20, 90, 70]], np.float32)
+    samples = [Sample(str(i), np.zeros((100, 100, 3), np.uint8), boxes, np.array([0, 1])) for i in range(5)]
+    hit = [np.array([[10, 10, 50, 50, 0.9, 0], [60, 20, 90, 70, 0.8, 1]], np.float32)] * 5
+    same = paired.paired({"original": hit, "repaired": hit}, samples, 2, draws=20)
+    assert same == {"delta": 0.0, "p5": 0.0, "p95": 0.0, "loses": 0.0}
+    worse = paired.paired({"original": hit, "repaired": hit[:4] + [np.zeros((0, 6), np.float32)]}, samples, 2, draws=50)
+    assert worse["delta"] < 0 and worse["p5"] <= worse["delta"] <= worse["p95"] <= 0
+    assert 0.6 < worse["loses"] < 1  # a draw without the last image (about 1 in 3) loses nothing
+
+    ckpt = str(MODELS / "yolo11n_coco_dq.pt")
+    assert paired.main([ckpt, "--corruptions", "saturate", "--imgsz", "160", "--limit", "3", "--draws", "5",
+                        "--threads", "1"]) == 0
+    rows = [r.split("|")[1:-1] for r in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0].strip() for r in rows] == ["clean", "saturate"]
+    assert all(r[3].strip() == "+0.0" and r[5].strip() == "0 %" for r in rows)
+    assert paired.main([ckpt, "--corruptions", "rain"]) == 2
+    assert "unknown corruption 'rain'" in capsys.readouterr().err
+    assert paired.main(["nope.pt"]) == 2
+    assert capsys.readouterr().err.startswith("paired: error:")
