@@ -28,17 +28,17 @@ from .checkpoints import add_arguments, held_out
 
 def paired(preds: dict[str, list[np.ndarray]], samples: list[Sample], nc: int, draws: int,
            seed: int = 0) -> dict[str, float]:
-    """The change in mAP50-95 from ``preds["original"]`` to ``preds["repaired"]`` on ``samples``, and
-    over ``draws`` resamplings of the images (the same draw for both): its 5th and 95th percentiles
-    and the share of draws below zero."""
-    def delta(idx: np.ndarray) -> float:
+    """The mAP50-95 of ``preds["original"]`` on ``samples`` and its change to ``preds["repaired"]``,
+    and over ``draws`` resamplings of the images (the same draw for both) the change's 5th and 95th
+    percentiles and the share of draws below zero."""
+    def maps(idx: np.ndarray) -> tuple[float, float]:
         picked = [samples[i] for i in idx]
-        return score([preds["repaired"][i] for i in idx], picked, nc)["map"] - \
-            score([preds["original"][i] for i in idx], picked, nc)["map"]
+        return tuple(score([preds[m][i] for i in idx], picked, nc)["map"] for m in ("original", "repaired"))
 
     rng = np.random.default_rng(seed)
-    d = np.array([delta(rng.integers(len(samples), size=len(samples))) for _ in range(draws)])
-    return {"delta": delta(np.arange(len(samples))), "p5": float(np.percentile(d, 5)),
+    d = np.array([b - a for a, b in (maps(rng.integers(len(samples), size=len(samples))) for _ in range(draws))])
+    base, new = maps(np.arange(len(samples)))
+    return {"original": base, "delta": new - base, "p5": float(np.percentile(d, 5)),
             "p95": float(np.percentile(d, 95)), "loses": float((d < 0).mean())}
 
 
@@ -65,9 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in ["clean", *a.corruptions]:
             images = [s.rgb if c == "clean" else degrade(s.rgb, c, a.severity, seed=i) for i, s in enumerate(samples)]
             preds = {m: p(images) for m, p in models.items()}
-            base = score(preds["original"], samples, len(original.names))["map"]
             r = paired(preds, samples, len(original.names), a.draws, a.seed)
-            rows.append(f"| {c} | {100 * base:.1f} | {100 * (base + r['delta']):.1f} | {100 * r['delta']:+.1f} | "
+            rows.append(f"| {c} | {100 * r['original']:.1f} | {100 * (r['original'] + r['delta']):.1f} | {100 * r['delta']:+.1f} | "
                         f"{100 * r['p5']:+.1f} to {100 * r['p95']:+.1f} | {100 * r['loses']:.0f} % |")
     except VqpError as e:
         print(f"paired: error: {e}", file=sys.stderr)

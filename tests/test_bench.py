@@ -286,7 +286,7 @@ def test_paired_bootstrap_brackets_the_change_and_counts_the_losing_draws(capsys
     samples = [Sample(str(i), np.zeros((100, 100, 3), np.uint8), boxes, np.array([0, 1])) for i in range(5)]
     hit = [np.array([[10, 10, 50, 50, 0.9, 0], [60, 20, 90, 70, 0.8, 1]], np.float32)] * 5
     same = paired.paired({"original": hit, "repaired": hit}, samples, 2, draws=20)
-    assert same == {"delta": 0.0, "p5": 0.0, "p95": 0.0, "loses": 0.0}
+    assert same == {"original": 1.0, "delta": 0.0, "p5": 0.0, "p95": 0.0, "loses": 0.0}
     worse = paired.paired({"original": hit, "repaired": hit[:4] + [np.zeros((0, 6), np.float32)]}, samples, 2, draws=50)
     assert worse["delta"] < 0 and worse["p5"] <= worse["delta"] <= worse["p95"] <= 0
     assert 0.6 < worse["loses"] < 1  # a draw without the last image (about 1 in 3) loses nothing
