@@ -299,5 +299,7 @@ def test_paired_bootstrap_brackets_the_change_and_counts_the_losing_draws(capsys
     assert all(r[3].strip() == "+0.0" and r[5].strip() == "0 %" for r in rows)
     assert paired.main([ckpt, "--corruptions", "rain"]) == 2
     assert "unknown corruption 'rain'" in capsys.readouterr().err
+    assert paired.main([ckpt, "--draws", "0"]) == 2
+    assert "draws must be at least 1, got 0" in capsys.readouterr().err
     assert paired.main(["nope.pt"]) == 2
     assert capsys.readouterr().err.startswith("paired: error:")
