@@ -2,6 +2,7 @@
 import copy
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -303,3 +304,44 @@ def test_paired_bootstrap_brackets_the_change_and_counts_the_losing_draws(capsys
     assert "draws must be at least 1, got 0" in capsys.readouterr().err
     assert paired.main(["nope.pt"]) == 2
     assert capsys.readouterr().err.startswith("paired: error:")
+
+
+def test_merge_follows_the_fisher_trims_and_sums_task_vectors(capsys):
+    """benchmarks.merge: a Fisher merge takes each weight from the model whose Fisher is larger,
+    a trim keeps only the largest changes, a sum adds the changes; merging a checkpoint with
+    itself, any way, changes no score."""
+    from benchmarks import merge
+    from vqp.repair.robustness import load_model
+
+    orig = load_model(None)[0]
+    rep = copy.deepcopy(orig)
+    gen = torch.Generator().manual_seed(0)
+    for p in rep.parameters():
+        p.data.add_(torch.randn(p.shape, generator=gen) * 0.01)
+    zero = {n: torch.zeros_like(p) for n, p in orig.named_parameters()}
+    one = {n: torch.ones_like(p) for n, p in orig.named_parameters()}
+    pairs = lambda m: zip(m.parameters(), orig.parameters(), rep.parameters())  # noqa: E731
+    assert all(torch.equal(m, r) for m, _, r in pairs(merge.fisher_merge(orig, rep, zero, one, 0.5)))
+    assert all(torch.allclose(m, o) for m, o, _ in pairs(merge.fisher_merge(orig, rep, one, zero, 0.5)))
+    assert all(torch.allclose(m, (o + r) / 2) for m, o, r in pairs(merge.fisher_merge(orig, rep, zero, zero, 0.5)))
+    assert all(torch.equal(m, r) for m, _, r in pairs(merge.trim(orig, rep, 1.0)))
+    for m, o, r in pairs(merge.trim(orig, rep, 0.25)):
+        kept = m != o
+        assert int(kept.sum()) == math.ceil(0.25 * o.numel()) and torch.equal(m[kept], r[kept])
+        if not kept.all():
+            assert (r - o).abs()[kept].min() >= (r - o).abs()[~kept].max()
+    assert all(torch.allclose(m, r, atol=1e-6) for m, _, r in pairs(merge.task_sum(orig, [rep, rep], [0.5, 0.5])))
+    with pytest.raises(VqpError, match="between 0 and 1"):
+        merge.fisher_merge(orig, rep, zero, one, 2)
+
+    ckpt = str(MODELS / "yolo11n_coco_dq.pt")
+    assert merge.main([ckpt, "--fisher", "0.5", "--fisher-images", "2", "--trim", "0.5", "--other", ckpt,
+                       "--sums", "0.5/0.5", "--corruptions", "fog", "--imgsz", "160", "--limit", "3",
+                       "--threads", "1"]) == 0
+    rows = [r.split("|")[1:-1] for r in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0].strip() for r in rows] == ["original", "repaired", "fisher 0.5", "trim 0.5", "sum 0.5/0.5"]
+    assert len({tuple(r[1:]) for r in rows}) == 1
+    assert merge.main([ckpt, "--sums", "0.5/0.5"]) == 2
+    assert "needs --other" in capsys.readouterr().err
+    assert merge.main([ckpt, "--trim", "0"]) == 2
+    assert capsys.readouterr().err.startswith("merge: error: --trim must be above 0")
