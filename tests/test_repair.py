@@ -10,7 +10,7 @@ from conftest import DATA, MODELS
 from vqp.cli import main
 from vqp.errors import VqpError
 from vqp.repair import corruptions as C
-from vqp.repair.augment import HSV_GAINS, Policy, fda, jitter
+from vqp.repair.augment import HSV_GAINS, Policy, augmix, fda, jitter
 from vqp.repair.finetune import blend, feature_gap, finetune, neck, pseudo_labels, save_checkpoint
 from vqp.repair.localize import rank_blocks, top_k
 from vqp.repair.robustness import Sample, load_model, load_yolo, mpc, rpc, score, split, to_tensor
@@ -173,6 +173,26 @@ def test_blend_interpolates_every_weight_and_refuses_other_architectures(model):
         blend(model, tuned, 1.5)
 
 
+def test_augmix_changes_tones_only_and_the_teacher_sees_the_image_before_it(samples):
+    """augmix is seeded, keeps the shape and the layout (it is a mix with the image), and changes
+    the pixels; with mix = 1 every training image is mixed while Policy.pair's clean image (the
+    teacher's input) is not, and with mix = 0 the stream is the old one."""
+    rgb = np.ascontiguousarray(samples[0].rgb)
+    out = augmix(rgb, np.random.default_rng(1))
+    assert out.shape == rgb.shape and out.dtype == np.uint8 and not np.array_equal(out, rgb)
+    assert np.array_equal(out, augmix(rgb, np.random.default_rng(1)))
+    g = lambda x: x.astype(np.float64).mean(2)  # noqa: E731
+    assert np.corrcoef(g(out).ravel(), g(rgb).ravel())[0, 1] > 0.5
+
+    mixed = Policy.from_failures(0.5, {"fog": {3: 0.3}}, floor=0.0, p_clean=1.0, mix=1.0)
+    off = Policy.from_failures(0.5, {"fog": {3: 0.3}}, floor=0.0, p_clean=1.0)
+    for i in range(4):
+        clean, d = mixed.pair(samples[0], np.random.default_rng(i))
+        assert (np.array_equal(clean, rgb) or np.array_equal(clean, rgb[:, ::-1])) and not np.array_equal(clean, d.rgb)
+        clean, d = off.pair(samples[0], np.random.default_rng(i))
+        assert np.array_equal(clean, d.rgb)
+
+
 def test_colour_jitter_is_ultralytics_hsv_and_the_teacher_sees_it(samples, monkeypatch):
     """jitter equals Ultralytics' RandomHSV for the gains our generator draws; with colour > 0 the
     clean image of Policy.pair (the teacher's input) is the jittered one, with colour 0 the
@@ -246,6 +266,8 @@ def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     assert "distill must be 0 or more" in capsys.readouterr().err and not (tmp_path / "d").exists()
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "c"), "--colour", "2"]) == 2
     assert "colour must be between 0 and 1.4" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "m"), "--augmix", "1.5"]) == 2
+    assert "augmix must be between 0 and 1" in capsys.readouterr().err and not (tmp_path / "m").exists()
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "b"), "--blend", "0.5"]) == 2
     assert "blend needs --no-search" in capsys.readouterr().err and not (tmp_path / "b").exists()
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "b"), "--blend", "0", "--no-search"]) == 2
@@ -256,7 +278,7 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     out = tmp_path / "rep"
     rc = main(["repair", str(tiny_set), "-o", str(out), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions",
                "gaussian_noise", "--held-out", "spatter", "--codecs", "", "--severities", "3", "--steps", "1",
-               "--batch", "2", "--top-k", "2", "--distill", "1", "--colour", "0.5",
+               "--batch", "2", "--top-k", "2", "--distill", "1", "--colour", "0.5", "--augmix", "0.5",
                "--unlabelled", str(tiny_set / "images"), str(DATA / "kodak" / "kodim01.png"), "--device", "cpu"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
@@ -265,6 +287,7 @@ def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):
     assert set(rep["results"]) == {"original", "block", "search", "whole"} and len(rep["top_k"]) == 2
     assert rep["saved"] == "search" and {a["chosen"] for a in rep["architecture"]} <= {"original", "bn", "se", "conv1x1"}
     assert rep["tuned_blocks"] == rep["top_k"] and rep["budget"]["distill"] == 1.0 and rep["budget"]["colour"] == 0.5
+    assert rep["budget"]["augmix"] == 0.5
     assert rep["budget"]["trainable_params"]["block"] < rep["budget"]["trainable_params"]["whole"]
     assert {"mpc_common", "rpc_common", "mpc_held_out", "clean_map"} <= set(rep["results"]["block"])
     assert (out / "heatmap.png").exists() and (out / "blocks.png").exists()

@@ -66,7 +66,7 @@ def settings_from_args(args):
                             ("device", args.device))
           if v is not None}
     for k in ("top_k", "steps", "batch", "lr", "seed", "blocks", "frame_step", "max_unlabelled", "analysis_limit",
-              "clusters", "distill", "colour", "blend"):
+              "clusters", "distill", "colour", "augmix", "blend"):
         if getattr(args, k, None) is not None:
             kw[k] = getattr(args, k)
     if getattr(args, "no_compare", False):
@@ -97,6 +97,9 @@ def register(sub) -> None:
                    help="weight of the original model's features on the clean image as a target (default 2; 0: off)")
     g.add_argument("--colour", type=float,
                    help="colour-jitter the clean training images, x Ultralytics' hsv gains (default 0: off)")
+    g.add_argument("--augmix", type=float,
+                   help="put this share of the training images through AugMix's tonal operations first, "
+                        "the teacher seeing them without (default 0: off)")
     g.add_argument("--blend", type=float,
                    help="keep this share of the tuning's weight change, a weight-space blend with the original "
                         "(WiSE-FT; default 1: all; needs --no-search)")

@@ -14,7 +14,10 @@ Horizontal flips (boxes flipped too) are applied to every kind. With ``colour`` 
 image itself is first colour-jittered the way Ultralytics trains (hue, saturation and value
 gains), and the distillation teacher sees that jittered image, so the repair trains on the colour
 range the original was trained on. (It was meant to stop the repaired model losing to the held-out
-saturate corruption; it did not: RESULTS.md, "Colour jitter against the saturate loss".)
+saturate corruption; it did not: RESULTS.md, "Colour jitter against the saturate loss".) With
+``mix`` > 0, that share of the training images is first put through AugMix's pixel-level
+operations (``augmix``) while the distillation teacher still sees the image before them, so the
+repair is asked for features that do not move under tonal changes it was not trained to undo.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .corruptions import degrade
 from .robustness import Failure, Sample
@@ -59,6 +62,31 @@ def jitter(rgb: np.ndarray, rng: np.random.Generator, scale: float = 1.0) -> np.
     return cv2.cvtColor(cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV), lut), cv2.COLOR_HSV2RGB)
 
 
+def _ops(level: float):
+    """AugMix's pixel-level operations at ``level`` in (0, 1]. Its geometric ones would move the
+    boxes, and it leaves out colour, contrast, brightness and sharpness itself because they overlap
+    the corruption benchmarks."""
+    return (ImageOps.autocontrast, ImageOps.equalize,
+            lambda im: ImageOps.posterize(im, 8 - max(1, round(4 * level))),
+            lambda im: ImageOps.solarize(im, 256 - round(256 * level)))
+
+
+def augmix(rgb: np.ndarray, rng: np.random.Generator, width: int = 3, level: float = 0.5) -> np.ndarray:
+    """AugMix (Hendrycks et al., ICLR 2020) on ``rgb`` (H, W, 3 uint8): ``width`` chains of 1 to 3
+    random operations, mixed with Dirichlet(1) weights, then mixed with the image by a Beta(1, 1)
+    weight, so the result stays near the image while its tones vary widely."""
+    ops = _ops(level * rng.uniform(0.1, 1))
+    im = Image.fromarray(rgb)
+    mixed = np.zeros(rgb.shape, np.float32)
+    for w in rng.dirichlet([1.0] * width):
+        x = im
+        for k in rng.integers(len(ops), size=rng.integers(1, 4)):
+            x = ops[k](x)
+        mixed += w * np.asarray(x, np.float32)
+    m = rng.beta(1.0, 1.0)
+    return np.clip(np.round((1 - m) * rgb + m * mixed), 0, 255).astype(np.uint8)
+
+
 @dataclass
 class Policy:
     """Sampling weights over (corruption, severity) plus failure samples to borrow style from."""
@@ -73,6 +101,7 @@ class Policy:
     p_style: float = 0.3
     beta: float = 0.05
     colour: float = 0.0  # colour jitter of the clean image, times HSV_GAINS (0: none, the stream unchanged)
+    mix: float = 0.0     # share of training images put through augmix first (0: none, the stream unchanged)
 
     @classmethod
     def from_failures(cls, clean: float, cells: dict[str, dict[int, float]], failures: Sequence[Failure] = (),
@@ -107,7 +136,7 @@ class Policy:
         the distillation target's input, see finetune.fit)."""
         clean = jitter(s.rgb, rng, self.colour) if self.colour else s.rgb
         u = rng.random()
-        rgb = clean
+        rgb = augmix(clean, rng) if self.mix and rng.random() < self.mix else clean
         if u >= self.p_clean + (self.p_style if self.styles else 0):
             c, sev = self.choices[rng.choice(len(self.choices), p=self.weights)]
             rgb = degrade(rgb, c, sev, seed=int(rng.integers(2**31)))
