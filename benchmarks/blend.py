@@ -50,6 +50,14 @@ def table(scores: dict, held_out: list[str], severity: int) -> str:
     return "\n".join(rows)
 
 
+def report(models: dict[str, torch.nn.Module], common: list[str], a: argparse.Namespace) -> None:
+    """Score ``models`` on the held-out images (``add_arguments``' options in ``a``), clean, under the
+    repair corruptions ``common`` and under the held-out ones, and print the table."""
+    groups = {"common": common, "held_out": list(HELD_OUT)}
+    scores, _ = benchmark(models, held_out(a.imgsz, a.limit), groups, [a.severity], a.imgsz)
+    print(table(scores, list(HELD_OUT), a.severity))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.blend", description=__doc__.splitlines()[0])
     add_arguments(ap)
@@ -67,13 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             save_checkpoint(blend(original, repaired, a.alphas[0]), src, a.save,
                             {"method": "benchmarks.blend", "repaired": a.repaired, "blend": a.alphas[0]})
             return 0
-        models = blends(original, repaired, a.alphas)
-        groups = {"common": a.corruptions or repair_corruptions(a.repaired), "held_out": list(HELD_OUT)}
-        scores, _ = benchmark(models, held_out(a.imgsz, a.limit), groups, [a.severity], a.imgsz)
+        report(blends(original, repaired, a.alphas), a.corruptions or repair_corruptions(a.repaired), a)
     except VqpError as e:
         print(f"blend: error: {e}", file=sys.stderr)
         return 2
-    print(table(scores, list(HELD_OUT), a.severity))
     return 0
 
 

@@ -28,12 +28,12 @@ import torch
 
 from vqp.cli.repair import DEFAULT_DATA
 from vqp.errors import VqpError
-from vqp.repair.corruptions import HELD_OUT, degrade
+from vqp.repair.corruptions import degrade
 from vqp.repair.finetune import criterion, pseudo_labels, targets
-from vqp.repair.robustness import Sample, benchmark, load_model, load_yolo, split, to_tensor
+from vqp.repair.robustness import Sample, load_model, load_yolo, split, to_tensor
 
-from .blend import repair_corruptions, table
-from .checkpoints import add_arguments, held_out
+from .blend import repair_corruptions, report
+from .checkpoints import add_arguments
 
 State = dict[str, torch.Tensor]
 
@@ -141,12 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.sums:
             other = load_model(a.other)[0]
             models |= {f"sum {w:g}/{v:g}": task_sum(original, [repaired, other], [w, v]) for w, v in a.sums}
-        groups = {"common": common, "held_out": list(HELD_OUT)}
-        scores, _ = benchmark(models, held_out(a.imgsz, a.limit), groups, [a.severity], a.imgsz)
+        report(models, common, a)
     except VqpError as e:
         print(f"merge: error: {e}", file=sys.stderr)
         return 2
-    print(table(scores, list(HELD_OUT), a.severity))
     return 0
 
 
