@@ -29,7 +29,7 @@ import torch
 from vqp.cli.repair import DEFAULT_DATA
 from vqp.errors import VqpError
 from vqp.repair.corruptions import degrade
-from vqp.repair.finetune import criterion, pseudo_labels, targets
+from vqp.repair.finetune import criterion, pseudo_labels, same_architecture, targets
 from vqp.repair.robustness import Sample, load_model, load_yolo, split, to_tensor
 
 from .blend import repair_corruptions, report
@@ -69,12 +69,22 @@ def with_state(model: torch.nn.Module, state: State) -> torch.nn.Module:
     return out
 
 
+def check_lam(lam: float) -> None:
+    if not 0 <= lam <= 1:
+        raise VqpError(f"--fisher must be between 0 and 1, got {lam}")
+
+
+def check_share(share: float) -> None:
+    if not 0 < share <= 1:
+        raise VqpError(f"--trim must be above 0 and at most 1, got {share}")
+
+
 def fisher_merge(original: torch.nn.Module, repaired: torch.nn.Module, f_orig: State, f_rep: State,
                  lam: float) -> torch.nn.Module:
     """Each parameter at (lam F_o w_o + (1 - lam) F_r w_r) / (lam F_o + (1 - lam) F_r), halfway where both
     Fishers are 0; everything else (BatchNorm statistics, which ``vqp repair`` freezes) is the repaired's."""
-    if not 0 <= lam <= 1:
-        raise VqpError(f"--fisher must be between 0 and 1, got {lam}")
+    check_lam(lam)
+    same_architecture(original, repaired)
     a, b = original.state_dict(), repaired.state_dict()
     state = dict(b)
     for n in f_orig:
@@ -87,8 +97,8 @@ def fisher_merge(original: torch.nn.Module, repaired: torch.nn.Module, f_orig: S
 
 def trim(original: torch.nn.Module, repaired: torch.nn.Module, share: float) -> torch.nn.Module:
     """The original plus, per float tensor, only the ceil(share x size) largest changes (by magnitude)."""
-    if not 0 < share <= 1:
-        raise VqpError(f"--trim must be above 0 and at most 1, got {share}")
+    check_share(share)
+    same_architecture(original, repaired)
     a, b = original.state_dict(), repaired.state_dict()
     state = dict(b)
     for n, v in b.items():
@@ -102,10 +112,9 @@ def trim(original: torch.nn.Module, repaired: torch.nn.Module, share: float) -> 
 
 def task_sum(original: torch.nn.Module, tuned: list[torch.nn.Module], weights: list[float]) -> torch.nn.Module:
     """original + sum of w x (tuned - original) over every float weight and statistic."""
-    a = original.state_dict()
-    states = [t.state_dict() for t in tuned]
-    if any(s.keys() != a.keys() or any(s[k].shape != a[k].shape for k in a) for s in states):
-        raise VqpError("cannot merge models of different architectures")
+    for t in tuned:
+        same_architecture(original, t)
+    a, states = original.state_dict(), [t.state_dict() for t in tuned]
     return with_state(original, {k: v + sum(w * (s[k] - v) for w, s in zip(weights, states)) if v.is_floating_point() else v
                                  for k, v in a.items()})
 
@@ -130,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.sums and (not a.other or any(len(w) != 2 for w in a.sums)):
             raise VqpError("--sums takes W/V pairs and needs --other")
+        for x in a.fisher:  # before the Fishers are computed, not after
+            check_lam(x)
+        for x in a.trim:
+            check_share(x)
         (original, _), repaired = load_model(a.original), load_model(a.repaired)[0]
+        same_architecture(original, repaired)
         common = a.corruptions or repair_corruptions(a.repaired)
         models = {"original": original, "repaired": repaired}
         if a.fisher:

@@ -333,6 +333,12 @@ def test_merge_follows_the_fisher_trims_and_sums_task_vectors(capsys):
     assert all(torch.allclose(m, r, atol=1e-6) for m, _, r in pairs(merge.task_sum(orig, [rep, rep], [0.5, 0.5])))
     with pytest.raises(VqpError, match="between 0 and 1"):
         merge.fisher_merge(orig, rep, zero, one, 2)
+    other = copy.deepcopy(orig)
+    other.model[0].conv = torch.nn.Conv2d(3, 8, 3)
+    for make in (lambda: merge.fisher_merge(orig, other, zero, one, 0.5), lambda: merge.trim(orig, other, 0.5),
+                 lambda: merge.task_sum(orig, [rep, other], [0.5, 0.5])):
+        with pytest.raises(VqpError, match="different architectures"):
+            make()
 
     ckpt = str(MODELS / "yolo11n_coco_dq.pt")
     assert merge.main([ckpt, "--fisher", "0.5", "--fisher-images", "2", "--trim", "0.5", "--other", ckpt,
@@ -345,3 +351,5 @@ def test_merge_follows_the_fisher_trims_and_sums_task_vectors(capsys):
     assert "needs --other" in capsys.readouterr().err
     assert merge.main([ckpt, "--trim", "0"]) == 2
     assert capsys.readouterr().err.startswith("merge: error: --trim must be above 0")
+    assert merge.main([ckpt, "--fisher", "1.5", "--fisher-images", "2"]) == 2
+    assert capsys.readouterr().err.startswith("merge: error: --fisher must be between 0 and 1")

@@ -156,6 +156,14 @@ def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable,
     return model, losses
 
 
+def same_architecture(original: torch.nn.Module, tuned: torch.nn.Module) -> None:
+    """Refuse, with one line, to merge weights of models whose tensors differ in name or shape
+    (a searched block's variant has no counterpart in the original)."""
+    a, b = original.state_dict(), tuned.state_dict()
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise VqpError("cannot merge models of different architectures")
+
+
 def blend(original: torch.nn.Module, tuned: torch.nn.Module, alpha: float) -> torch.nn.Module:
     """A copy of ``tuned`` with every float weight and statistic at (1 - alpha) x original + alpha x tuned.
 
@@ -166,9 +174,8 @@ def blend(original: torch.nn.Module, tuned: torch.nn.Module, alpha: float) -> to
     """
     if not 0 <= alpha <= 1:
         raise VqpError(f"blend must be between 0 and 1, got {alpha}")
+    same_architecture(original, tuned)
     a, b = original.state_dict(), tuned.state_dict()
-    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
-        raise VqpError("cannot blend models of different architectures")
     out = copy.deepcopy(tuned)
     out.load_state_dict({k: torch.lerp(a[k].to(v), v, alpha) if v.is_floating_point() else v for k, v in b.items()})
     return out
