@@ -104,6 +104,7 @@ def main() -> int:
     ap.add_argument("--bn-stats", action="store_true", help="let BatchNorm update its statistics (first run)")
     ap.add_argument("--distill", type=float,
                     help="weight of the original's clean-image features as a target (default 2; runs recorded before it: 0)")
+    ap.add_argument("--labels", type=float, help="weight of the pseudo-label loss (default 1; 0: features alone)")
     ap.add_argument("--colour", type=float, help="colour jitter of the clean training images (default 0)")
     ap.add_argument("--augmix", type=float, help="share of training images put through AugMix first (default 0)")
     ap.add_argument("--blend", type=float, help="share of the tuning's weight change kept (default 1)")
@@ -118,7 +119,7 @@ def main() -> int:
                             ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr), ("seed", a.seed),
                             ("corruptions", a.corruptions), ("codecs", a.codecs), ("frame_step", a.frame_step),
                             ("max_unlabelled", a.max_unlabelled), ("clusters", a.clusters), ("device", a.device),
-                            ("distill", a.distill), ("colour", a.colour), ("augmix", a.augmix), ("blend", a.blend)) if v is not None}
+                            ("distill", a.distill), ("labels", a.labels), ("colour", a.colour), ("augmix", a.augmix), ("blend", a.blend)) if v is not None}
     kw["extra"] = a.unlabelled
     kw["search"] = not a.no_search
     kw["freeze_bn"] = not a.bn_stats

@@ -246,6 +246,18 @@ def test_distillation_pairs_the_clean_image_and_pulls_features_toward_the_origin
     assert gap(tuned) < 0.8 * gap(model) and gap(tuned) < gap(plain)
 
 
+def test_without_labels_only_the_feature_gap_trains(model, samples):
+    """With the pseudo-label loss off, clean samples against the original as teacher give no loss
+    (the features agree to rounding), where the same steps with the labels on do."""
+    p = Policy.from_failures(0.5, {"contrast": {3: 0.3}}, floor=0.0, p_clean=1.0)
+    train = pseudo_labels(model, samples, IMGSZ)
+    assert sum(len(s.boxes) for s in train)
+    kw = dict(blocks=[0, 1], steps=2, imgsz=IMGSZ, batch=4, lr=1e-3, distill=1.0)
+    _, quiet = finetune(model, train, p, labels=0.0, **kw)
+    _, loud = finetune(model, train, p, **kw)
+    assert quiet[0] == 0.0 and max(quiet) < 1e-6 < min(loud)
+
+
 def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     out = tmp_path / "rb"
     rc = main(["robustness", str(tiny_set), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions", "fog",
@@ -264,6 +276,10 @@ def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     assert "block 11 has no parameters" in capsys.readouterr().err
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "d"), "--distill", "-1"]) == 2
     assert "distill must be 0 or more" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "l"), "--labels", "-1"]) == 2
+    assert "labels must be 0 or more" in capsys.readouterr().err and not (tmp_path / "l").exists()
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "l"), "--labels", "0", "--distill", "0"]) == 2
+    assert "labels and distill cannot both be 0" in capsys.readouterr().err and not (tmp_path / "l").exists()
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "c"), "--colour", "2"]) == 2
     assert "colour must be between 0 and 1.4" in capsys.readouterr().err and not (tmp_path / "c").exists()
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "m"), "--augmix", "1.5"]) == 2

@@ -66,7 +66,7 @@ def settings_from_args(args):
                             ("device", args.device))
           if v is not None}
     for k in ("top_k", "steps", "batch", "lr", "seed", "blocks", "frame_step", "max_unlabelled", "analysis_limit",
-              "clusters", "distill", "colour", "augmix", "blend"):
+              "clusters", "distill", "labels", "colour", "augmix", "blend"):
         if getattr(args, k, None) is not None:
             kw[k] = getattr(args, k)
     if getattr(args, "no_compare", False):
@@ -95,6 +95,9 @@ def register(sub) -> None:
     g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
     g.add_argument("--distill", type=float,
                    help="weight of the original model's features on the clean image as a target (default 2; 0: off)")
+    g.add_argument("--labels", type=float,
+                   help="weight of the original model's boxes on the clean image as a target (default 1; "
+                        "0: its features alone, which needs --distill)")
     g.add_argument("--colour", type=float,
                    help="colour-jitter the clean training images, x Ultralytics' hsv gains (default 0: off)")
     g.add_argument("--augmix", type=float,

@@ -129,14 +129,15 @@ def discretise(model: nn.Module) -> list[dict]:
 
 def search(model: nn.Module, train: Sequence[Sample], augment: Callable, *, blocks: Sequence[int], steps: int,
            imgsz: int, batch: int = 8, lr: float = 1e-4, arch_lr: float = 3e-2, seed: int = 0,
-           freeze_bn: bool = True, distill: float = 0.0, candidates: Sequence[str] = CANDIDATES,
+           freeze_bn: bool = True, distill: float = 0.0, labels: float = 1.0, candidates: Sequence[str] = CANDIDATES,
            progress: Callable | None = None) -> tuple[nn.Module, list[float], list[dict]]:
     """Relaxed search over ``blocks`` of a copy of ``model``, at the same budget and batches as finetune.
 
     ``blocks`` are tuned as in block-level fine-tuning; those with a single feature-map output
     are relaxed too (the Detect head is tuned but not relaxed). Returns the discretised copy,
     the loss per step and, per relaxed block, the final architecture weights and the choice.
-    ``distill``: the weight of the original ``model`` as teacher (see finetune.fit).
+    ``distill``, ``labels``: the weights of the original ``model`` as teacher and of its
+    pseudo-labels (see finetune.fit).
     """
     teacher, model = model, copy.deepcopy(model).float()
     stats = output_stats(model, [s.rgb for s in train[:16]], imgsz, blocks)
@@ -146,5 +147,6 @@ def search(model: nn.Module, train: Sequence[Sample], augment: Callable, *, bloc
     weights = [p for p in params if all(p is not a for a in alphas)]
     groups = [{"params": weights, "lr": lr}] + ([{"params": alphas, "lr": arch_lr, "weight_decay": 0.0}] if alphas else [])
     losses = fit(model, train, augment, set(blocks), groups, steps=steps, imgsz=imgsz, batch=batch, seed=seed,
-                 freeze_bn=freeze_bn, teacher=teacher, distill=distill, progress=progress)
+                 freeze_bn=freeze_bn, teacher=teacher, distill=distill, labels=labels,
+                 progress=progress)
     return model, losses, discretise(model)

@@ -75,7 +75,7 @@ def feature_gap(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
 
 def fit(model: torch.nn.Module, train: Sequence[Sample], augment, trainable: set[int],
         groups: list[dict], *, steps: int, imgsz: int, batch: int = 8, seed: int = 0, freeze_bn: bool = True,
-        teacher: torch.nn.Module | None = None, distill: float = 0.0,
+        teacher: torch.nn.Module | None = None, distill: float = 0.0, labels: float = 1.0,
         progress: Callable | None = None) -> list[float]:
     """Train ``model`` in place: AdamW over ``groups`` (torch parameter groups, each with its lr),
     cosine decay to a tenth, seeded batches; blocks outside ``trainable`` stay in eval mode.
@@ -84,7 +84,9 @@ def fit(model: torch.nn.Module, train: Sequence[Sample], augment, trainable: set
     model's neck features on the training image and ``teacher``'s on the clean image it was drawn
     from (``augment.pair``). Pseudo-labels give a sparse target (a few boxes per image); the
     original's features on the clean image are a dense one, and on clean samples they hold the
-    model to what it was, which is what keeps clean mAP as the steps grow.
+    model to what it was, which is what keeps clean mAP as the steps grow. ``labels`` weighs the
+    pseudo-label loss (0: the features alone; the labels' threshold makes every box the original
+    scored under it a negative, which the features do not).
 
     Every caller with the same seed, steps and batch sees the same images in the same order
     (distillation or not). Returns the loss per step.
@@ -109,7 +111,8 @@ def fit(model: torch.nn.Module, train: Sequence[Sample], augment, trainable: set
                     m.eval()
         dev = device_of(model)
         with neck(model) if distill else contextlib.nullcontext() as feats:
-            loss = crit(model(to_tensor([s.rgb for s in picks], imgsz, dev)), targets(picks, imgsz, dev))[0].sum()
+            preds = model(to_tensor([s.rgb for s in picks], imgsz, dev))
+        loss = labels * crit(preds, targets(picks, imgsz, dev))[0].sum() if labels else 0.0
         if distill:
             with torch.no_grad(), neck(teacher) as goal:
                 teacher(to_tensor(cleans, imgsz, dev))
@@ -138,21 +141,23 @@ def trainable_params(model: torch.nn.Module, blocks: set[int]) -> list[torch.nn.
 
 def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, *, blocks: Sequence[int] | None,
              steps: int, imgsz: int, batch: int = 8, lr: float = 1e-4, seed: int = 0, freeze_bn: bool = True,
-             distill: float = 0.0, progress: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
+             distill: float = 0.0, labels: float = 1.0,
+             progress: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
     """Fine-tune a copy of ``model``: only ``blocks`` (indices into model.model), or all when None.
 
     ``augment(sample, rng) -> sample`` degrades a training sample (see augment.Policy). With
     ``freeze_bn`` every BatchNorm keeps its running statistics (its scale and shift still
     train): batches of 8 mixed clean/degraded images give poor statistics, and in a first run
     with batch statistics the whole-network variant started at a 40% higher loss and lost 2.9
-    points of clean mAP. ``distill``: the weight of the original ``model`` as teacher (see fit).
+    points of clean mAP. ``distill``, ``labels``: the weights of the original ``model`` as teacher
+    and of its pseudo-labels (see fit).
     Returns the tuned copy (eval mode) and the loss per step.
     """
     teacher, model = model, copy.deepcopy(model).float()
     trainable = set(range(len(model.model))) if blocks is None else set(blocks)
     groups = [{"params": trainable_params(model, trainable), "lr": lr}]
     losses = fit(model, train, augment, trainable, groups, steps=steps, imgsz=imgsz, batch=batch, seed=seed,
-                 freeze_bn=freeze_bn, teacher=teacher, distill=distill, progress=progress)
+                 freeze_bn=freeze_bn, teacher=teacher, distill=distill, labels=labels, progress=progress)
     return model, losses
 
 

@@ -43,6 +43,7 @@ class Settings:
     search: bool = True               # ArchRepair relaxed block search on the top-k (the saved checkpoint)
     freeze_bn: bool = True            # keep BatchNorm running statistics (see finetune.finetune)
     distill: float = 2.0              # weight of the original's clean-image neck features as a target (finetune.fit)
+    labels: float = 1.0               # weight of the original's pseudo-labels (finetune.fit; 0: features alone)
     colour: float = 0.0               # colour jitter of clean training images, x Ultralytics' gains (augment.jitter)
     augmix: float = 0.0               # share of training images put through AugMix first (augment.augmix)
     blend: float = 1.0                # share of the tuning's weight change kept (finetune.blend; 1: all of it)
@@ -69,6 +70,10 @@ class Settings:
             raise VqpError(f"held-out corruption {sorted(leaked)[0]} cannot be used for repair")
         if not self.distill >= 0:
             raise VqpError(f"distill must be 0 or more, got {self.distill}")
+        if not self.labels >= 0:
+            raise VqpError(f"labels must be 0 or more, got {self.labels}")
+        if not self.labels and not self.distill:
+            raise VqpError("labels and distill cannot both be 0: nothing would be trained")
         if not 0 <= self.colour <= 1.4:
             raise VqpError(f"colour must be between 0 and 1.4 (saturation gain below 1), got {self.colour}")
         if not 0 <= self.augmix <= 1:
@@ -232,7 +237,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
 
     # 3. repair at equal budget
     kw = dict(steps=st.steps, imgsz=st.imgsz, batch=st.batch, lr=st.lr, seed=st.seed, freeze_bn=st.freeze_bn,
-              distill=st.distill)
+              distill=st.distill, labels=st.labels)
     tuned, losses = {}, {}
     tuned["block"], losses["block"] = finetune(model, train, policy, blocks=chosen,
                                                progress=lambda *a: step("repair top-k", *a), **kw)
