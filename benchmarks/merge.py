@@ -29,8 +29,8 @@ import torch
 from vqp.cli.repair import DEFAULT_DATA
 from vqp.errors import VqpError
 from vqp.repair.corruptions import degrade
-from vqp.repair.finetune import criterion, pseudo_labels, same_architecture, targets
-from vqp.repair.robustness import Sample, load_model, load_yolo, split, to_tensor
+from vqp.repair.finetune import criterion, freeze_batchnorm, pseudo_labels, same_architecture, targets
+from vqp.repair.robustness import Sample, device_of, load_model, load_yolo, split, to_tensor
 
 from .blend import repair_corruptions, report
 from .checkpoints import add_arguments
@@ -49,10 +49,8 @@ def fisher(model: torch.nn.Module, samples: list[Sample], imgsz: int, corruption
         p.requires_grad_(True)
     crit, out = criterion(m), {n: torch.zeros_like(p) for n, p in m.named_parameters()}
     m.train()
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.eval()
-    dev = next(m.parameters()).device
+    freeze_batchnorm(m)
+    dev = device_of(m)
     for i, s in enumerate(x for x in samples if len(x.boxes)):
         rgb = degrade(s.rgb, corruptions[i % len(corruptions)], severity, seed=i) if corruptions else s.rgb
         m.zero_grad(set_to_none=True)

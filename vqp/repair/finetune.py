@@ -73,6 +73,14 @@ def feature_gap(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
     return sum(((a - b) ** 2).mean() / (b ** 2).mean().clamp_min(1e-12) for a, b in zip(student, teacher))
 
 
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Put every BatchNorm of ``model`` in eval mode: its running statistics stay as they are
+    (batches of 8 give poor ones, see finetune) while its scale and shift still get gradients."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+
+
 def fit(model: torch.nn.Module, train: Sequence[Sample], augment, trainable: set[int],
         groups: list[dict], *, steps: int, imgsz: int, batch: int = 8, seed: int = 0, freeze_bn: bool = True,
         teacher: torch.nn.Module | None = None, distill: float = 0.0, labels: float = 1.0,
@@ -106,9 +114,7 @@ def fit(model: torch.nn.Module, train: Sequence[Sample], augment, trainable: set
             if k not in trainable:
                 layer.eval()  # frozen blocks keep their BatchNorm statistics too
         if freeze_bn:
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.eval()
+            freeze_batchnorm(model)
         dev = device_of(model)
         with neck(model) if distill else contextlib.nullcontext() as feats:
             preds = model(to_tensor([s.rgb for s in picks], imgsz, dev))
