@@ -108,6 +108,7 @@ def main() -> int:
     ap.add_argument("--colour", type=float, help="colour jitter of the clean training images (default 0)")
     ap.add_argument("--augmix", type=float, help="share of training images put through AugMix first (default 0)")
     ap.add_argument("--blend", type=float, help="share of the tuning's weight change kept (default 1)")
+    ap.add_argument("--rank", type=int, help="rank of the change trained per convolution (default 0: the weights)")
     ap.add_argument("--out", default="out/repair-bench")
     ap.add_argument("--check-map", action="store_true", help="only compare our mAP with Ultralytics' model.val")
     a = ap.parse_args()
@@ -119,7 +120,8 @@ def main() -> int:
                             ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr), ("seed", a.seed),
                             ("corruptions", a.corruptions), ("codecs", a.codecs), ("frame_step", a.frame_step),
                             ("max_unlabelled", a.max_unlabelled), ("clusters", a.clusters), ("device", a.device),
-                            ("distill", a.distill), ("labels", a.labels), ("colour", a.colour), ("augmix", a.augmix), ("blend", a.blend)) if v is not None}
+                            ("distill", a.distill), ("labels", a.labels), ("colour", a.colour), ("augmix", a.augmix), ("blend", a.blend),
+                            ("rank", a.rank)) if v is not None}
     kw["extra"] = a.unlabelled
     kw["search"] = not a.no_search
     kw["freeze_bn"] = not a.bn_stats

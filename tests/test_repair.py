@@ -258,6 +258,26 @@ def test_without_labels_only_the_feature_gap_trains(model, samples):
     assert quiet[0] == 0.0 and max(quiet) < 1e-6 < min(loud)
 
 
+def test_low_rank_repair_changes_the_tuned_blocks_by_that_rank(model, samples):
+    """--rank: the same first loss as tuning the weights (the change starts at zero), a plain
+    network afterwards, and each tuned convolution changed by a matrix of at most that rank."""
+    p = Policy.from_failures(0.5, {"contrast": {3: 0.3}}, floor=0.0, p_clean=0.0)
+    train = pseudo_labels(model, samples, IMGSZ)
+    kw = dict(blocks=[1, 4], steps=3, imgsz=IMGSZ, batch=4, lr=1e-2, distill=1.0)
+    tuned, losses = finetune(model, train, p, rank=2, **kw)
+    _, plain = finetune(model, train, p, **kw)
+    assert losses[0] == pytest.approx(plain[0], rel=1e-5)
+    a, b = model.state_dict(), tuned.state_dict()
+    assert a.keys() == b.keys() and not any(p.requires_grad for p in tuned.parameters())
+    changed = {k for k in a if not torch.equal(a[k].float(), b[k])}
+    convs = {f"model.{i}.{n}.weight" for i in (1, 4) for n, m in model.model[i].named_modules()
+             if isinstance(m, torch.nn.Conv2d)}
+    assert changed == convs  # not BatchNorm, not another block
+    for k in convs:
+        d = (b[k] - a[k].float()).flatten(1)
+        assert torch.linalg.matrix_rank(d) <= 2 < min(d.shape)
+
+
 def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     out = tmp_path / "rb"
     rc = main(["robustness", str(tiny_set), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions", "fog",
@@ -288,6 +308,10 @@ def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     assert "blend needs --no-search" in capsys.readouterr().err and not (tmp_path / "b").exists()
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "b"), "--blend", "0", "--no-search"]) == 2
     assert "blend must be above 0" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "k"), "--rank", "4"]) == 2
+    assert "rank needs --no-search" in capsys.readouterr().err and not (tmp_path / "k").exists()
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "k"), "--rank", "-1", "--no-search"]) == 2
+    assert "rank must be 0 or more" in capsys.readouterr().err and not (tmp_path / "k").exists()
 
 
 def test_cli_repair_end_to_end(tiny_set, tmp_path, capsys):

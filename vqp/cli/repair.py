@@ -66,7 +66,7 @@ def settings_from_args(args):
                             ("device", args.device))
           if v is not None}
     for k in ("top_k", "steps", "batch", "lr", "seed", "blocks", "frame_step", "max_unlabelled", "analysis_limit",
-              "clusters", "distill", "labels", "colour", "augmix", "blend"):
+              "clusters", "distill", "labels", "colour", "augmix", "blend", "rank"):
         if getattr(args, k, None) is not None:
             kw[k] = getattr(args, k)
     if getattr(args, "no_compare", False):
@@ -106,6 +106,9 @@ def register(sub) -> None:
     g.add_argument("--blend", type=float,
                    help="keep this share of the tuning's weight change, a weight-space blend with the original "
                         "(WiSE-FT; default 1: all; needs --no-search)")
+    g.add_argument("--rank", type=int,
+                   help="train a change of at most this rank per convolution of the tuned blocks (LoRA), "
+                        "folded into the weights when done (default 0: the weights themselves; needs --no-search)")
     g.add_argument("--seed", type=int, help="seed for the augmentation stream (default 0)")
     g.add_argument("--unlabelled", "--extra", dest="extra", nargs="+", metavar="PATH",
                    help="images, folders or videos without labels to repair on (labelled by the original model; "

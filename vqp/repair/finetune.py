@@ -145,9 +145,53 @@ def trainable_params(model: torch.nn.Module, blocks: set[int]) -> list[torch.nn.
     return [p for p in model.parameters() if p.requires_grad]
 
 
+class LowRank(torch.nn.Module):
+    """A convolution weight's parametrization W0 + up @ down (LoRA, Hu et al., ICLR 2022), in
+    the (out, in x kh x kw) matrix view. ``up`` starts at zero, so the tuned layer starts as the
+    original; only ``up`` and ``down`` train, and the change stays of rank ``rank`` at most."""
+
+    def __init__(self, weight: torch.Tensor, rank: int):
+        super().__init__()
+        out, fan = weight.shape[0], weight[0].numel()
+        self.down = torch.nn.Parameter(torch.empty(rank, fan, dtype=weight.dtype, device=weight.device))
+        torch.nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))  # nn.Linear's default, as in LoRA
+        self.up = torch.nn.Parameter(torch.zeros(out, rank, dtype=weight.dtype, device=weight.device))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (self.up @ self.down).view_as(w)
+
+
+def low_rank(model: torch.nn.Module, blocks: set[int], rank: int) -> list[torch.nn.Parameter]:
+    """Freeze ``model`` and give every convolution of ``blocks`` a LowRank change of at most
+    ``rank`` (capped by the weight's own; never the fixed DFL projection); returns the parameters
+    that train."""
+    from torch.nn.utils import parametrize
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for k in sorted(blocks):
+        for conv in [m for n, m in model.model[k].named_modules()
+                     if isinstance(m, torch.nn.Conv2d) and not n.startswith("dfl")]:
+            w = conv.weight
+            parametrize.register_parametrization(conv, "weight", LowRank(w, min(rank, w.shape[0], w[0].numel())))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def merge_low_rank(model: torch.nn.Module) -> None:
+    """Fold every LowRank change into its plain weight: the model is an ordinary network again,
+    which saves, fuses and loads with ``YOLO(path)`` like the original."""
+    from torch.nn.utils import parametrize
+
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
 def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, *, blocks: Sequence[int] | None,
              steps: int, imgsz: int, batch: int = 8, lr: float = 1e-4, seed: int = 0, freeze_bn: bool = True,
-             distill: float = 0.0, labels: float = 1.0,
+             distill: float = 0.0, labels: float = 1.0, rank: int = 0,
              progress: Callable | None = None) -> tuple[torch.nn.Module, list[float]]:
     """Fine-tune a copy of ``model``: only ``blocks`` (indices into model.model), or all when None.
 
@@ -156,14 +200,18 @@ def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable,
     train): batches of 8 mixed clean/degraded images give poor statistics, and in a first run
     with batch statistics the whole-network variant started at a 40% higher loss and lost 2.9
     points of clean mAP. ``distill``, ``labels``: the weights of the original ``model`` as teacher
-    and of its pseudo-labels (see fit).
+    and of its pseudo-labels (see fit). ``rank`` > 0 trains a low-rank change of each convolution
+    instead of its weights (low_rank), folded in before the copy is returned.
     Returns the tuned copy (eval mode) and the loss per step.
     """
     teacher, model = model, copy.deepcopy(model).float()
     trainable = set(range(len(model.model))) if blocks is None else set(blocks)
-    groups = [{"params": trainable_params(model, trainable), "lr": lr}]
-    losses = fit(model, train, augment, trainable, groups, steps=steps, imgsz=imgsz, batch=batch, seed=seed,
-                 freeze_bn=freeze_bn, teacher=teacher, distill=distill, labels=labels, progress=progress)
+    params = low_rank(model, trainable, rank) if rank else trainable_params(model, trainable)
+    losses = fit(model, train, augment, trainable, [{"params": params, "lr": lr}], steps=steps, imgsz=imgsz,
+                 batch=batch, seed=seed, freeze_bn=freeze_bn, teacher=teacher, distill=distill, labels=labels,
+                 progress=progress)
+    if rank:
+        merge_low_rank(model)
     return model, losses
 
 

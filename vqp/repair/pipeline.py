@@ -47,6 +47,7 @@ class Settings:
     colour: float = 0.0               # colour jitter of clean training images, x Ultralytics' gains (augment.jitter)
     augmix: float = 0.0               # share of training images put through AugMix first (augment.augmix)
     blend: float = 1.0                # share of the tuning's weight change kept (finetune.blend; 1: all of it)
+    rank: int = 0                     # train a change of this rank per convolution (finetune.low_rank; 0: the weights)
     blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
     seed: int = 0
     device: str | None = None         # cpu, cuda, cuda:N; default the first GPU where one exists
@@ -82,6 +83,10 @@ class Settings:
             raise VqpError(f"blend must be above 0 and at most 1, got {self.blend}")
         if self.blend < 1 and self.search:
             raise VqpError("blend needs --no-search: a searched block's variant has no counterpart in the original")
+        if self.rank < 0:
+            raise VqpError(f"rank must be 0 or more, got {self.rank}")
+        if self.rank and self.search:
+            raise VqpError("rank needs --no-search: the block search trains its variants' own weights")
         if self.imgsz % 32 or not 64 <= self.imgsz <= 1280:
             raise VqpError(f"imgsz must be a multiple of 32 between 64 and 1280, got {self.imgsz}")
         for name, v in (("top-k", self.top_k), ("steps", self.steps), ("batch", self.batch),
@@ -239,13 +244,13 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
     kw = dict(steps=st.steps, imgsz=st.imgsz, batch=st.batch, lr=st.lr, seed=st.seed, freeze_bn=st.freeze_bn,
               distill=st.distill, labels=st.labels)
     tuned, losses = {}, {}
-    tuned["block"], losses["block"] = finetune(model, train, policy, blocks=chosen,
+    tuned["block"], losses["block"] = finetune(model, train, policy, blocks=chosen, rank=st.rank,
                                                progress=lambda *a: step("repair top-k", *a), **kw)
     if st.search:
         tuned["search"], losses["search"], arch = search(model, train, policy, blocks=chosen,
                                                          progress=lambda *a: step("block search", *a), **kw)
     if st.compare:
-        tuned["whole"], losses["whole"] = finetune(model, train, policy, blocks=None,
+        tuned["whole"], losses["whole"] = finetune(model, train, policy, blocks=None, rank=st.rank,
                                                    progress=lambda *a: step("whole network", *a), **kw)
     if st.blend < 1:  # both fine-tunings, so the comparison stays at equal budget
         tuned = {k: blend(model, m, st.blend) for k, m in tuned.items()}
@@ -265,7 +270,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
         "split": {"repair": [s.name for s in repair_set], "eval": [s.name for s in eval_set],
                   "unlabelled": len(train) - len(repair_set), "unlabelled_sources": list(st.extra),
                   "failure_analysis_images": len(probe)},
-        "budget": {**kw, "colour": st.colour, "augmix": st.augmix, "blend": st.blend, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
+        "budget": {**kw, "colour": st.colour, "augmix": st.augmix, "blend": st.blend, "rank": st.rank, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
                                                           for p in m.model[i].parameters())) for k, m in tuned.items()}},
         "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
                              "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
