@@ -54,7 +54,7 @@ def report(models: dict[str, torch.nn.Module], common: list[str], a: argparse.Na
     """Score ``models`` on the held-out images (``add_arguments``' options in ``a``), clean, under the
     repair corruptions ``common`` and under the held-out ones, and print the table."""
     groups = {"common": common, "held_out": list(HELD_OUT)}
-    scores, _ = benchmark(models, held_out(a.imgsz, a.limit), groups, [a.severity], a.imgsz)
+    scores, _ = benchmark(models, held_out(a.imgsz, a.limit, a.half), groups, [a.severity], a.imgsz)
     print(table(scores, list(HELD_OUT), a.severity))
 
 

@@ -9,15 +9,19 @@ from vqp.repair.robustness import Sample, load_yolo, split
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """``repaired``, ``--original``, ``--severity``, ``--imgsz``, ``--limit``, ``--threads``."""
+    """``repaired``, ``--original``, ``--severity``, ``--imgsz``, ``--limit``, ``--half``, ``--threads``."""
     ap.add_argument("repaired", help="repaired checkpoint")
     ap.add_argument("--original", help="the checkpoint it was repaired from (default: vqp's default model)")
     ap.add_argument("--severity", type=int, default=3)
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--limit", type=int, default=64, help="held-out images (default 64: the whole half)")
+    ap.add_argument("--half", choices=("eval", "repair"), default="eval",
+                    help="score on coco128's evaluation half (default) or on the repair half the checkpoint "
+                         "trained on, to tell a loss the training objective allows from one it does not generalize")
     ap.add_argument("--threads", type=int, default=2)
 
 
-def held_out(imgsz: int, limit: int) -> list[Sample]:
-    """The first ``limit`` images of coco128's evaluation half (the repair benchmark's split)."""
-    return split(load_yolo(DEFAULT_DATA, imgsz), "eval")[:limit]
+def held_out(imgsz: int, limit: int, half: str = "eval") -> list[Sample]:
+    """The first ``limit`` images of one half of coco128 (the repair benchmark's split): the
+    evaluation half, or with ``half="repair"`` the half repair trains on."""
+    return split(load_yolo(DEFAULT_DATA, imgsz), half)[:limit]

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         original, repaired = load_model(a.original)[0], load_model(a.repaired)[0]
         if a.blend is not None:
             repaired = blend(original, repaired, a.blend)
-        samples = held_out(a.imgsz, a.limit)
+        samples = held_out(a.imgsz, a.limit, a.half)
         models = {"original": Predictor(original, a.imgsz), "repaired": Predictor(repaired, a.imgsz)}
         rows = ["| images | original | repaired | change | 90 % interval | draws with a loss |", "|---|---|---|---|---|---|"]
         for c in ["clean", *a.corruptions]:
