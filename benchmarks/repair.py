@@ -107,6 +107,7 @@ def main() -> int:
     ap.add_argument("--labels", type=float, help="weight of the pseudo-label loss (default 1; 0: features alone)")
     ap.add_argument("--colour", type=float, help="colour jitter of the clean training images (default 0)")
     ap.add_argument("--augmix", type=float, help="share of training images put through AugMix first (default 0)")
+    ap.add_argument("--scale", type=float, help="random downscale range of the training images (default 0)")
     ap.add_argument("--blend", type=float, help="share of the tuning's weight change kept (default 1)")
     ap.add_argument("--rank", type=int, help="rank of the change trained per convolution (default 0: the weights)")
     ap.add_argument("--out", default="out/repair-bench")
@@ -120,7 +121,7 @@ def main() -> int:
                             ("imgsz", a.imgsz), ("top_k", a.top_k), ("lr", a.lr), ("seed", a.seed),
                             ("corruptions", a.corruptions), ("codecs", a.codecs), ("frame_step", a.frame_step),
                             ("max_unlabelled", a.max_unlabelled), ("clusters", a.clusters), ("device", a.device),
-                            ("distill", a.distill), ("labels", a.labels), ("colour", a.colour), ("augmix", a.augmix), ("blend", a.blend),
+                            ("distill", a.distill), ("labels", a.labels), ("colour", a.colour), ("augmix", a.augmix), ("scale", a.scale), ("blend", a.blend),
                             ("rank", a.rank)) if v is not None}
     kw["extra"] = a.unlabelled
     kw["search"] = not a.no_search

@@ -219,6 +219,26 @@ def test_colour_jitter_is_ultralytics_hsv_and_the_teacher_sees_it(samples, monke
                                                  or np.array_equal(clean, samples[0].rgb[:, ::-1]))
 
 
+def test_scale_downscales_the_image_and_its_boxes_alike(samples):
+    """With scale > 0 the teacher's image and the training image are one downscaled view, boxes
+    shrunk by the same factor within [1 - scale, 1]; with scale 0 the stream is the old one."""
+    s = next(x for x in samples if len(x.boxes))
+    h, w = s.rgb.shape[:2]
+    small = Policy.from_failures(0.5, {"fog": {3: 0.3}}, floor=0.0, p_clean=1.0, scale=0.5)
+    off = Policy.from_failures(0.5, {"fog": {3: 0.3}}, floor=0.0, p_clean=1.0)
+    sizes = set()
+    for i in range(6):
+        clean, d = small.pair(s, np.random.default_rng(i))
+        f = d.rgb.shape[1] / w
+        assert np.array_equal(clean, d.rgb) and 0.49 <= f <= 1 and d.rgb.shape[0] == pytest.approx(h * f, abs=1)
+        widths = d.boxes[:, 2] - d.boxes[:, 0]
+        assert widths == pytest.approx(f * (s.boxes[:, 2] - s.boxes[:, 0]), rel=0.02, abs=0.5)
+        sizes.add(d.rgb.shape)
+        clean, d = off.pair(s, np.random.default_rng(i))
+        assert d.rgb.shape == s.rgb.shape
+    assert len(sizes) > 2
+
+
 def test_distillation_pairs_the_clean_image_and_pulls_features_toward_the_original(model, samples):
     """Policy.pair gives the clean image flipped like the degraded sample; fine-tuning with the
     original as teacher (and a weight that drowns the box loss) closes the feature gap between
@@ -310,6 +330,8 @@ def test_cli_robustness_and_errors(tiny_set, tmp_path, capsys):
     assert "blend must be above 0" in capsys.readouterr().err and not (tmp_path / "b").exists()
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "k"), "--rank", "4"]) == 2
     assert "rank needs --no-search" in capsys.readouterr().err and not (tmp_path / "k").exists()
+    assert main(["repair", str(tiny_set), "-o", str(tmp_path / "k"), "--scale", "1"]) == 2
+    assert "scale must be at least 0 and below 1" in capsys.readouterr().err and not (tmp_path / "k").exists()
     assert main(["repair", str(tiny_set), "-o", str(tmp_path / "k"), "--rank", "-1", "--no-search"]) == 2
     assert "rank must be 0 or more" in capsys.readouterr().err and not (tmp_path / "k").exists()
 

@@ -66,7 +66,7 @@ def settings_from_args(args):
                             ("device", args.device))
           if v is not None}
     for k in ("top_k", "steps", "batch", "lr", "seed", "blocks", "frame_step", "max_unlabelled", "analysis_limit",
-              "clusters", "distill", "labels", "colour", "augmix", "blend", "rank"):
+              "clusters", "distill", "labels", "colour", "augmix", "scale", "blend", "rank"):
         if getattr(args, k, None) is not None:
             kw[k] = getattr(args, k)
     if getattr(args, "no_compare", False):
@@ -103,6 +103,9 @@ def register(sub) -> None:
     g.add_argument("--augmix", type=float,
                    help="put this share of the training images through AugMix's tonal operations first, "
                         "the teacher seeing them without (default 0: off)")
+    g.add_argument("--scale", type=float,
+                   help="downscale each training image (boxes too) by a random factor in [1 - S, 1], "
+                        "new views of a small set at every draw (default 0: off)")
     g.add_argument("--blend", type=float,
                    help="keep this share of the tuning's weight change, a weight-space blend with the original "
                         "(WiSE-FT; default 1: all; needs --no-search)")

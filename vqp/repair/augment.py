@@ -18,6 +18,9 @@ saturate corruption; it did not: RESULTS.md, "Colour jitter against the saturate
 ``mix`` > 0, that share of the training images is first put through AugMix's pixel-level
 operations (``augmix``) while the distillation teacher still sees the image before them, so the
 repair is asked for features that do not move under tonal changes it was not trained to undo.
+With ``scale`` > 0 each image (boxes too) is first downscaled by a random factor in
+[1 - scale, 1], so a few dozen images give new pixel grids and object sizes at every draw instead
+of the same views a thousand steps over.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .corruptions import degrade
-from .robustness import Failure, Sample
+from .robustness import Failure, Sample, resize_long
 
 
 def fda(src: np.ndarray, style: np.ndarray, beta: float = 0.05) -> np.ndarray:
@@ -87,6 +90,13 @@ def augmix(rgb: np.ndarray, rng: np.random.Generator, width: int = 3, level: flo
     return np.clip(np.round((1 - m) * rgb + m * mixed), 0, 255).astype(np.uint8)
 
 
+def rescale(s: Sample, factor: float) -> Sample:
+    """``s`` downscaled by ``factor`` (at most 1), its boxes with it."""
+    h, w = s.rgb.shape[:2]
+    rgb, f = resize_long(s.rgb, max(1, round(factor * max(h, w))))
+    return replace(s, rgb=rgb, boxes=np.asarray(s.boxes, np.float32) * f) if f < 1 else s
+
+
 @dataclass
 class Policy:
     """Sampling weights over (corruption, severity) plus failure samples to borrow style from."""
@@ -102,6 +112,7 @@ class Policy:
     beta: float = 0.05
     colour: float = 0.0  # colour jitter of the clean image, times HSV_GAINS (0: none, the stream unchanged)
     mix: float = 0.0     # share of training images put through augmix first (0: none, the stream unchanged)
+    scale: float = 0.0   # downscale each image by a factor in [1 - scale, 1] first (0: none, the stream unchanged)
 
     @classmethod
     def from_failures(cls, clean: float, cells: dict[str, dict[int, float]], failures: Sequence[Failure] = (),
@@ -134,6 +145,8 @@ class Policy:
     def pair(self, s: Sample, rng: np.random.Generator) -> tuple[np.ndarray, Sample]:
         """The clean image and the training sample drawn from it, flipped alike (the clean one is
         the distillation target's input, see finetune.fit)."""
+        if self.scale:
+            s = rescale(s, rng.uniform(1 - self.scale, 1))
         clean = jitter(s.rgb, rng, self.colour) if self.colour else s.rgb
         u = rng.random()
         rgb = augmix(clean, rng) if self.mix and rng.random() < self.mix else clean

@@ -46,6 +46,7 @@ class Settings:
     labels: float = 1.0               # weight of the original's pseudo-labels (finetune.fit; 0: features alone)
     colour: float = 0.0               # colour jitter of clean training images, x Ultralytics' gains (augment.jitter)
     augmix: float = 0.0               # share of training images put through AugMix first (augment.augmix)
+    scale: float = 0.0                # downscale training images by a random factor in [1 - scale, 1] (augment.rescale)
     blend: float = 1.0                # share of the tuning's weight change kept (finetune.blend; 1: all of it)
     rank: int = 0                     # train a change of this rank per convolution (finetune.low_rank; 0: the weights)
     blocks: Sequence[int] | None = None  # tune these blocks instead of the top-k (for ablations)
@@ -79,6 +80,8 @@ class Settings:
             raise VqpError(f"colour must be between 0 and 1.4 (saturation gain below 1), got {self.colour}")
         if not 0 <= self.augmix <= 1:
             raise VqpError(f"augmix must be between 0 and 1, got {self.augmix}")
+        if not 0 <= self.scale < 1:
+            raise VqpError(f"scale must be at least 0 and below 1, got {self.scale}")
         if not 0 < self.blend <= 1:
             raise VqpError(f"blend must be above 0 and at most 1, got {self.blend}")
         if self.blend < 1 and self.search:
@@ -217,7 +220,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
                              keep_failures=st.failures, progress=lambda *a: step("failure analysis", *a))
     labels = kmeans(embed(model, [f.rgb for f in failures], st.imgsz), st.clusters, st.seed)
     policy = Policy.from_failures(fa["original"]["clean_map"], fa["original"]["common"], failures, labels,
-                                   colour=st.colour, mix=st.augmix)
+                                   colour=st.colour, mix=st.augmix, scale=st.scale)
     found = describe(failures, labels)
     (out / "clusters").mkdir(exist_ok=True)
     for g in found:
@@ -270,7 +273,7 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
         "split": {"repair": [s.name for s in repair_set], "eval": [s.name for s in eval_set],
                   "unlabelled": len(train) - len(repair_set), "unlabelled_sources": list(st.extra),
                   "failure_analysis_images": len(probe)},
-        "budget": {**kw, "colour": st.colour, "augmix": st.augmix, "blend": st.blend, "rank": st.rank, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
+        "budget": {**kw, "colour": st.colour, "augmix": st.augmix, "scale": st.scale, "blend": st.blend, "rank": st.rank, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
                                                           for p in m.model[i].parameters())) for k, m in tuned.items()}},
         "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
                              "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
