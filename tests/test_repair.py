@@ -383,6 +383,27 @@ def test_cli_repair_blend_saves_the_blend_of_the_tuned_weights(tiny_set, tmp_pat
     assert all(torch.equal(half[k], orig[k]) for k in orig if not k.startswith("model.2."))
 
 
+def test_cli_repair_rank_and_scale_reach_the_tuning(tiny_set, tmp_path, capsys):
+    """--rank and --scale go through Settings to the tuning: the report records them and the
+    number of low-rank factors trained, and the checkpoint changes only the tuned block's
+    convolution weights (its BatchNorm, which a weight tuning also trains, stays)."""
+    from vqp.repair.finetune import low_rank_size
+
+    out = tmp_path / "k"
+    assert main(["repair", str(tiny_set), "--model", MODEL, "--imgsz", str(IMGSZ), "--corruptions", "gaussian_noise",
+                 "--held-out", "", "--codecs", "", "--severities", "3", "--steps", "2", "--batch", "2", "--blocks", "2",
+                 "--no-search", "--no-compare", "--analysis-limit", "2", "--device", "cpu", "--lr", "1e-2",
+                 "--rank", "2", "--scale", "0.3", "-o", str(out)]) == 0
+    capsys.readouterr()
+    budget = json.loads((out / "report.json").read_text())["budget"]
+    orig_model = load_model(MODEL)[0]
+    assert budget["rank"] == 2 and budget["scale"] == 0.3
+    assert budget["trainable_params"]["block"] == low_rank_size(orig_model.float(), {2}, 2) < 1000
+    orig, got = orig_model.state_dict(), load_model(str(out / "repaired.pt"))[0].state_dict()
+    changed = {k for k in orig if not torch.equal(orig[k].half(), got[k])}
+    assert changed and all(k.startswith("model.2.") and k.endswith("conv.weight") for k in changed)
+
+
 def test_unlabelled_images_and_video_frames(tmp_path, samples):
     import av
     from PIL import Image

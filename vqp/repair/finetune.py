@@ -177,6 +177,11 @@ def low_rank(model: torch.nn.Module, blocks: set[int], rank: int) -> list[torch.
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def low_rank_size(model: torch.nn.Module, blocks: set[int], rank: int) -> int:
+    """How many numbers low_rank trains for ``blocks`` at ``rank`` (on a copy of ``model``)."""
+    return sum(p.numel() for p in low_rank(copy.deepcopy(model), blocks, rank))
+
+
 def merge_low_rank(model: torch.nn.Module) -> None:
     """Fold every LowRank change into its plain weight: the model is an ordinary network again,
     which saves, fuses and loads with ``YOLO(path)`` like the original."""

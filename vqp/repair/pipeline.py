@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from ..errors import VqpError
 from .archsearch import search
 from .augment import Policy
 from .cluster import describe, embed, kmeans
 from .corruptions import CODECS, COMMON, HELD_OUT, QUICK, SEVERITIES, check, degrade
-from .finetune import blend, finetune, pseudo_labels, save_checkpoint
+from .finetune import blend, finetune, low_rank_size, pseudo_labels, save_checkpoint
 from .localize import rank_blocks, top_k
 from .report import block_plot, contact_sheet, heatmap, table, write_json
 from .robustness import Sample, benchmark, load_model, load_yolo, resize_long, split
@@ -196,6 +197,15 @@ def class_failures(res: dict, names: dict[int, str], group: str = "common") -> l
     return sorted(rows, key=lambda r: -r["drop"])
 
 
+def trained(model: torch.nn.Module, kind: str, chosen: Sequence[int], rank: int) -> int:
+    """How many numbers the ``kind`` ("block", "search", "whole") of repair trained: the tuned
+    blocks' parameters, or with ``rank`` their low-rank factors."""
+    blocks = set(range(len(model.model))) if kind == "whole" else set(chosen)
+    if rank:
+        return low_rank_size(model, blocks, rank)
+    return int(sum(p.numel() for i in blocks for p in model.model[i].parameters()))
+
+
 def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | None = None,
            progress: Callable | None = None) -> dict:
     """Failure analysis, block localization, top-k repair (and whole-network baseline), evaluation.
@@ -273,8 +283,8 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
         "split": {"repair": [s.name for s in repair_set], "eval": [s.name for s in eval_set],
                   "unlabelled": len(train) - len(repair_set), "unlabelled_sources": list(st.extra),
                   "failure_analysis_images": len(probe)},
-        "budget": {**kw, "colour": st.colour, "augmix": st.augmix, "scale": st.scale, "blend": st.blend, "rank": st.rank, "trainable_params": {k: int(sum(p.numel() for i in (range(len(m.model)) if k == "whole" else chosen)
-                                                          for p in m.model[i].parameters())) for k, m in tuned.items()}},
+        "budget": {**kw, "colour": st.colour, "augmix": st.augmix, "scale": st.scale, "blend": st.blend, "rank": st.rank, "trainable_params": {k: trained(m, k, chosen, st.rank)
+                                                                                       for k, m in tuned.items()}},
         "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
                              "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
                              "clusters": found,
