@@ -24,7 +24,7 @@ from vqp.repair.corruptions import COMMON, HELD_OUT
 from vqp.repair.finetune import blend, save_checkpoint
 from vqp.repair.robustness import benchmark, load_model
 
-from .checkpoints import add_arguments, held_out
+from .checkpoints import add_arguments, coco_half
 
 
 def blends(original: torch.nn.Module, repaired: torch.nn.Module, alphas: list[float]) -> dict[str, torch.nn.Module]:
@@ -51,10 +51,11 @@ def table(scores: dict, held_out: list[str], severity: int) -> str:
 
 
 def report(models: dict[str, torch.nn.Module], common: list[str], a: argparse.Namespace) -> None:
-    """Score ``models`` on the held-out images (``add_arguments``' options in ``a``), clean, under the
-    repair corruptions ``common`` and under the held-out ones, and print the table."""
+    """Score ``models`` on a half of coco128 (``add_arguments``' options in ``a``: the held-out half
+    unless ``--half repair``), clean, under the repair corruptions ``common`` and under the held-out
+    ones, and print the table."""
     groups = {"common": common, "held_out": list(HELD_OUT)}
-    scores, _ = benchmark(models, held_out(a.imgsz, a.limit, a.half), groups, [a.severity], a.imgsz)
+    scores, _ = benchmark(models, coco_half(a.imgsz, a.limit, a.half), groups, [a.severity], a.imgsz)
     print(table(scores, list(HELD_OUT), a.severity))
 
 

@@ -19,7 +19,7 @@ import torch
 from vqp.errors import VqpError
 from vqp.repair.robustness import benchmark, load_model
 
-from .checkpoints import add_arguments, held_out
+from .checkpoints import add_arguments, coco_half
 
 
 def swapped(original: torch.nn.Module, repaired: torch.nn.Module, blocks: list[int]) -> dict[str, torch.nn.Module]:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     try:
         models = swapped(load_model(a.original)[0], load_model(a.repaired)[0], a.blocks)
-        scores, _ = benchmark(models, held_out(a.imgsz, a.limit, a.half), {"held_out": a.corruptions}, [a.severity], a.imgsz)
+        scores, _ = benchmark(models, coco_half(a.imgsz, a.limit, a.half), {"held_out": a.corruptions}, [a.severity], a.imgsz)
     except VqpError as e:
         print(f"block_swap: error: {e}", file=sys.stderr)
         return 2

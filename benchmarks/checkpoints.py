@@ -1,5 +1,5 @@
 """What the scripts that compare a repaired checkpoint with its original share (block_swap, blend):
-their options for the two checkpoints and the evaluation, and the held-out images they score on."""
+their options for the two checkpoints and the evaluation, and the coco128 half they score on."""
 from __future__ import annotations
 
 import argparse
@@ -14,14 +14,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--original", help="the checkpoint it was repaired from (default: vqp's default model)")
     ap.add_argument("--severity", type=int, default=3)
     ap.add_argument("--imgsz", type=int, default=640)
-    ap.add_argument("--limit", type=int, default=64, help="held-out images (default 64: the whole half)")
+    ap.add_argument("--limit", type=int, default=64, help="images of the half (default 64: all of it)")
     ap.add_argument("--half", choices=("eval", "repair"), default="eval",
                     help="score on coco128's evaluation half (default) or on the repair half the checkpoint "
                          "trained on, to tell a loss the training objective allows from one it does not generalize")
     ap.add_argument("--threads", type=int, default=2)
 
 
-def held_out(imgsz: int, limit: int, half: str = "eval") -> list[Sample]:
+def coco_half(imgsz: int, limit: int, half: str = "eval") -> list[Sample]:
     """The first ``limit`` images of one half of coco128 (the repair benchmark's split): the
     evaluation half, or with ``half="repair"`` the half repair trains on."""
     return split(load_yolo(DEFAULT_DATA, imgsz), half)[:limit]

@@ -23,7 +23,7 @@ from vqp.repair.corruptions import HELD_OUT, check, degrade
 from vqp.repair.finetune import blend
 from vqp.repair.robustness import Predictor, Sample, load_model, score
 
-from .checkpoints import add_arguments, held_out
+from .checkpoints import add_arguments, coco_half
 
 
 def paired(preds: dict[str, list[np.ndarray]], samples: list[Sample], nc: int, draws: int,
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         original, repaired = load_model(a.original)[0], load_model(a.repaired)[0]
         if a.blend is not None:
             repaired = blend(original, repaired, a.blend)
-        samples = held_out(a.imgsz, a.limit, a.half)
+        samples = coco_half(a.imgsz, a.limit, a.half)
         models = {"original": Predictor(original, a.imgsz), "repaired": Predictor(repaired, a.imgsz)}
         rows = ["| images | original | repaired | change | 90 % interval | draws with a loss |", "|---|---|---|---|---|---|"]
         for c in ["clean", *a.corruptions]:

@@ -277,11 +277,11 @@ def test_blend_scores_the_blends_between_the_two_checkpoints(capsys, tmp_path):
 
 def test_the_halves_are_the_repair_split_and_do_not_overlap():
     """--half repair scores the images vqp repair trains on, --half eval (the default) the others."""
-    from benchmarks.checkpoints import held_out
+    from benchmarks.checkpoints import coco_half
     from vqp.cli.repair import DEFAULT_DATA
     from vqp.repair.robustness import load_yolo, split
 
-    ev, rep = held_out(160, 64), held_out(160, 5, "repair")
+    ev, rep = coco_half(160, 64), coco_half(160, 5, "repair")
     assert [s.name for s in rep] == [s.name for s in split(load_yolo(DEFAULT_DATA, 160), "repair")[:5]]
     assert len(ev) == 64 and not {s.name for s in ev} & {s.name for s in rep}
 

@@ -190,8 +190,6 @@ def merge_low_rank(model: torch.nn.Module) -> None:
     for m in model.modules():
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    for p in model.parameters():
-        p.requires_grad_(False)
 
 
 def finetune(model: torch.nn.Module, train: Sequence[Sample], augment: Callable, *, blocks: Sequence[int] | None,

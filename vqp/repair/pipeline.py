@@ -283,8 +283,8 @@ def repair(data: str | Path, out: str | Path, st: Settings, model_path: str | No
         "split": {"repair": [s.name for s in repair_set], "eval": [s.name for s in eval_set],
                   "unlabelled": len(train) - len(repair_set), "unlabelled_sources": list(st.extra),
                   "failure_analysis_images": len(probe)},
-        "budget": {**kw, "colour": st.colour, "augmix": st.augmix, "scale": st.scale, "blend": st.blend, "rank": st.rank, "trainable_params": {k: trained(m, k, chosen, st.rank)
-                                                                                       for k, m in tuned.items()}},
+        "budget": {**kw, "colour": st.colour, "augmix": st.augmix, "scale": st.scale, "blend": st.blend,
+                   "rank": st.rank, "trainable_params": {k: trained(m, k, chosen, st.rank) for k, m in tuned.items()}},
         "failure_analysis": {"clean_map": fa["original"]["clean_map"], "cells": fa["original"]["common"],
                              "classes": class_failures(fa["original"], names)[:10], "sampling": policy.describe(),
                              "clusters": found,
